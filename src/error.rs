@@ -1,0 +1,125 @@
+//! The one error type of pg_clip, and its mapping to SQLSTATEs.
+//!
+//! Every fallible function in the pure modules returns `Result<T, PgClipError>`; only the SQL layer
+//! (`sql_api`) turns an error into an `ErrorReport`. Each variant has one documented SQLSTATE (see the
+//! README's "Errors" table), so that applications can branch on the code. pgrx would turn a stray `Err`
+//! into 22000 and a panic into XX000: both count as bugs here.
+
+use pgrx::PgSqlErrorCode;
+use std::path::PathBuf;
+
+pub type Result<T, E = PgClipError> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PgClipError {
+    /// Zero-length input (an empty bytea, or later an empty text).
+    #[error("{what} is empty")]
+    EmptyInput { what: &'static str },
+
+    /// Bytes that are not an image of any format we know, or an image that is corrupt or truncated.
+    #[error("could not decode image: {reason}")]
+    InvalidImage { reason: String },
+
+    /// A format we recognise but do not decode (AVIF, HEIC, JPEG XL, SVG, ...), or an unsupported variant.
+    #[error("unsupported image format: {format}")]
+    UnsupportedImage { format: String },
+
+    /// The input is larger than a configured limit (bytes, or pixels as read from the header).
+    #[error("{what} {actual} exceeds the limit of {limit}")]
+    LimitExceeded { what: &'static str, actual: u64, limit: u64, setting: &'static str },
+
+    /// A file named by a setting (model directory, manifest, ONNX file, runtime library) does not exist.
+    #[error("{what} not found: {}", path.display())]
+    FileNotFound { what: &'static str, path: PathBuf, hint: Option<String> },
+
+    /// Model files exist but are unusable: bad manifest, checksum mismatch, a graph with the wrong
+    /// inputs, outputs or dimensions, or a runtime library ONNX Runtime cannot use.
+    #[error("{what}: {reason}")]
+    ModelInvalid { what: String, reason: String },
+
+    /// ONNX Runtime failed while running a model that loaded fine, or an OS call failed.
+    #[error("{context}: {reason}")]
+    Runtime { context: &'static str, reason: String },
+}
+
+impl PgClipError {
+    pub fn invalid_image(reason: impl Into<String>) -> Self {
+        PgClipError::InvalidImage { reason: reason.into() }
+    }
+
+    pub fn model_invalid(what: impl Into<String>, reason: impl std::fmt::Display) -> Self {
+        PgClipError::ModelInvalid { what: what.into(), reason: reason.to_string() }
+    }
+
+    pub fn runtime(context: &'static str, reason: impl std::fmt::Display) -> Self {
+        PgClipError::Runtime { context, reason: reason.to_string() }
+    }
+
+    /// The SQLSTATE reported for this error; the README's "Errors" table lists the same pairs.
+    pub fn sqlstate(&self) -> PgSqlErrorCode {
+        use PgSqlErrorCode::*;
+        match self {
+            PgClipError::EmptyInput { .. } => ERRCODE_INVALID_PARAMETER_VALUE, // 22023
+            PgClipError::InvalidImage { .. } => ERRCODE_INVALID_BINARY_REPRESENTATION, // 22P03
+            PgClipError::UnsupportedImage { .. } => ERRCODE_FEATURE_NOT_SUPPORTED, // 0A000
+            PgClipError::LimitExceeded { .. } => ERRCODE_PROGRAM_LIMIT_EXCEEDED, // 54000
+            PgClipError::FileNotFound { .. } => ERRCODE_UNDEFINED_FILE,          // 58P01
+            PgClipError::ModelInvalid { .. } => ERRCODE_CONFIG_FILE_ERROR,       // F0000
+            PgClipError::Runtime { .. } => ERRCODE_SYSTEM_ERROR,                 // 58000
+        }
+    }
+
+    /// The five-character SQLSTATE, for the try-variants that return the reason as data.
+    pub fn sqlstate_code(&self) -> &'static str {
+        match self {
+            PgClipError::EmptyInput { .. } => "22023",
+            PgClipError::InvalidImage { .. } => "22P03",
+            PgClipError::UnsupportedImage { .. } => "0A000",
+            PgClipError::LimitExceeded { .. } => "54000",
+            PgClipError::FileNotFound { .. } => "58P01",
+            PgClipError::ModelInvalid { .. } => "F0000",
+            PgClipError::Runtime { .. } => "58000",
+        }
+    }
+
+    /// A HINT for the user, where one helps: which setting to change.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            PgClipError::LimitExceeded { setting, .. } => {
+                Some(format!("Raise {setting} if images this large are expected."))
+            }
+            PgClipError::FileNotFound { hint, .. } => hint.clone(),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlstate_codes_agree_with_pgrx_codes() {
+        let samples = [
+            PgClipError::EmptyInput { what: "image" },
+            PgClipError::invalid_image("x"),
+            PgClipError::UnsupportedImage { format: "AVIF".into() },
+            PgClipError::LimitExceeded { what: "image size", actual: 2, limit: 1, setting: "pg_clip.max_image_bytes" },
+            PgClipError::FileNotFound { what: "model", path: "/nope".into(), hint: None },
+            PgClipError::model_invalid("model", "bad"),
+            PgClipError::runtime("inference", "bad"),
+        ];
+        for e in samples {
+            let code = e.sqlstate();
+            // pgrx's codes are MAKE_SQLSTATE-packed integers: unpack to the five characters.
+            let mut n = code as u32;
+            let mut s = String::new();
+            for _ in 0..5 {
+                s.push((((n & 0x3f) as u8) + b'0') as char);
+                n >>= 6;
+            }
+            assert_eq!(s, e.sqlstate_code(), "{e}");
+            assert_ne!(s, "XX000");
+        }
+    }
+}
