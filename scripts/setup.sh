@@ -11,7 +11,7 @@ SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
 
 # 1. PostgreSQL server + headers + clang (bindgen) from Debian.
 need_apt=()
-for p in postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR libclang-dev clang sudo dpkg-dev build-essential pkg-config python3-venv; do
+for p in postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR libclang-dev clang nasm sudo dpkg-dev build-essential pkg-config python3-venv; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || need_apt+=("$p")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
