@@ -1,0 +1,203 @@
+//! Model files, the ONNX Runtime session per backend, and the image embedding pipeline built on them.
+//! No SQL here: `sql_api` reads the settings into `ImageRequest` and maps errors.
+
+pub mod cache;
+pub mod encoder;
+pub mod manifest;
+pub mod runtime;
+
+use once_cell::sync::Lazy;
+use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::error::Result;
+use crate::image::{self, ImageLimits};
+use cache::EmbeddingCache;
+use encoder::ImageEncoder;
+use manifest::ModelDir;
+
+/// Everything an image embedding depends on besides the bytes, as read from the settings.
+#[derive(Debug, Clone)]
+pub struct ImageRequest {
+    pub model_dir: PathBuf,
+    pub runtime_path: PathBuf,
+    pub intra_op_threads: usize,
+    pub limits: ImageLimits,
+    pub exif_orientation: bool,
+    pub cache_size: usize,
+}
+
+/// Counters for this backend, reported by clip_model_info() (tests count inferences per query with them).
+#[derive(Debug, Clone, Default)]
+pub struct Stats {
+    pub inferences: u64,
+    pub cache_hits: u64,
+    pub preprocess_time: Duration,
+    pub inference_time: Duration,
+}
+
+struct BackendState {
+    encoder: Option<ImageEncoder>,
+    loaded_at: Option<SystemTime>,
+    cache: EmbeddingCache,
+    stats: Stats,
+    pending_warning: Option<String>,
+}
+
+/// The backend's model state. Postgres runs one query at a time per backend, so the lock is never
+/// contended; it is a Mutex so that worker threads of a later batch pipeline can share the session.
+static STATE: Lazy<Mutex<BackendState>> = Lazy::new(|| {
+    Mutex::new(BackendState { encoder: None, loaded_at: None, cache: EmbeddingCache::new(0), stats: Stats::default(), pending_warning: None })
+});
+
+fn state() -> MutexGuard<'static, BackendState> {
+    // A panic while holding the lock is caught and reported as an error; the state stays usable.
+    STATE.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl BackendState {
+    /// The encoder for `request`, loading it (lazily, once) or replacing it when the model directory or
+    /// thread count changed since it was loaded.
+    fn encoder(&mut self, request: &ImageRequest) -> Result<&mut ImageEncoder> {
+        let current = self.encoder.as_ref().is_some_and(|e| {
+            e.key.model_dir == request.model_dir && e.key.intra_op_threads == request.intra_op_threads
+        });
+        if !current {
+            self.encoder = None;
+            self.cache.clear();
+            let model = ModelDir::open(&request.model_dir)?;
+            let runtime = runtime::runtime(&request.runtime_path)?;
+            let encoder = ImageEncoder::load(runtime, model, request.intra_op_threads)?;
+            if encoder.model.manifest.random_weights {
+                self.pending_warning = Some(random_weights_warning(&encoder));
+            }
+            self.encoder = Some(encoder);
+            self.loaded_at = Some(SystemTime::now());
+        }
+        Ok(self.encoder.as_mut().expect("encoder was just set"))
+    }
+}
+
+/// Embeds one encoded image: decode, preprocess, infer, L2-normalise. Repeated inputs come from the cache.
+pub fn embed_image(bytes: &[u8], request: &ImageRequest) -> Result<Arc<[f32]>> {
+    let mut state = state();
+    state.cache.set_capacity(request.cache_size);
+    let encoder = state.encoder(request)?;
+    let context = cache_context(encoder, request);
+    let preprocess = {
+        let mut config = encoder.model.manifest.preprocess_config();
+        config.apply_exif_orientation = request.exif_orientation;
+        config
+    };
+    let tensor_len = encoder.tensor_len();
+
+    if let Some(hit) = state.cache.get(context, bytes) {
+        state.stats.cache_hits += 1;
+        return Ok(hit);
+    }
+
+    let started = Instant::now();
+    let mut pixels = vec![0f32; tensor_len];
+    image::preprocess_into(bytes, &request.limits, &preprocess, &mut pixels)?;
+    let preprocessed = Instant::now();
+    let encoder = state.encoder.as_mut().expect("encoder loaded above");
+    let mut embedding = encoder.embed(&pixels, 1)?.pop().expect("one embedding per image");
+    crate::pgvector::l2_normalize(&mut embedding);
+    let embedding: Arc<[f32]> = Arc::from(embedding);
+
+    let stats = &mut state.stats;
+    stats.inferences += 1;
+    stats.preprocess_time += preprocessed - started;
+    stats.inference_time += preprocessed.elapsed();
+    state.cache.put(context, bytes, embedding.clone());
+    Ok(embedding)
+}
+
+/// Counts an evaluation answered without this module (the SQL layer's per-call-site memory).
+pub fn record_cache_hit() {
+    state().stats.cache_hits += 1;
+}
+
+/// Everything besides the input bytes that changes the result, folded into the cache key.
+fn cache_context(encoder: &ImageEncoder, request: &ImageRequest) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    encoder.key.model_dir.hash(&mut hasher);
+    encoder.key.onnx_sha256.hash(&mut hasher);
+    request.exif_orientation.hash(&mut hasher);
+    request.limits.max_pixels.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// What clip_model_info() reports.
+#[derive(Debug, Clone)]
+pub struct ModelInfo {
+    pub model_dir: PathBuf,
+    pub model_name: String,
+    pub model_version: String,
+    pub embedding_dim: usize,
+    pub random_weights: bool,
+    pub image_model_file: PathBuf,
+    pub image_model_sha256: String,
+    pub loaded: bool,
+    pub load_time: Option<Duration>,
+    pub loaded_at: Option<SystemTime>,
+    pub onnxruntime_path: PathBuf,
+    pub onnxruntime_version: Option<String>,
+    pub intra_op_threads: usize,
+    pub stats: Stats,
+}
+
+/// Describes the model in force for `request` without loading it: reads only the manifest. When this
+/// backend has it loaded, adds the load time and counters.
+pub fn model_info(request: &ImageRequest) -> Result<ModelInfo> {
+    let state = state();
+    let loaded = state.encoder.as_ref().filter(|e| {
+        e.key.model_dir == request.model_dir && e.key.intra_op_threads == request.intra_op_threads
+    });
+    let model = match loaded {
+        Some(encoder) => encoder.model.clone(),
+        None => ModelDir::open(&request.model_dir)?,
+    };
+    let manifest = &model.manifest;
+    let runtime = runtime::loaded_runtime();
+    Ok(ModelInfo {
+        model_dir: model.dir.clone(),
+        model_name: manifest.model_name.clone(),
+        model_version: manifest.model_version.clone(),
+        embedding_dim: manifest.embedding_dim,
+        random_weights: manifest.random_weights,
+        image_model_file: model.file_path(&manifest.image.onnx)?,
+        image_model_sha256: manifest.files.get(&manifest.image.onnx).map(|f| f.sha256.clone()).unwrap_or_default(),
+        loaded: loaded.is_some(),
+        load_time: loaded.map(|e| e.load_time),
+        loaded_at: loaded.and(state.loaded_at),
+        onnxruntime_path: runtime.map(|r| r.library_path.clone()).unwrap_or_else(|| request.runtime_path.clone()),
+        onnxruntime_version: runtime.map(|r| r.version.clone()),
+        intra_op_threads: request.intra_op_threads,
+        stats: state.stats.clone(),
+    })
+}
+
+/// Drops this backend's session and cache (clip_unload_model()); the next call loads again.
+pub fn unload() -> bool {
+    let mut state = state();
+    state.cache.clear();
+    state.loaded_at = None;
+    state.encoder.take().is_some()
+}
+
+/// A message the SQL layer should show once (as a WARNING), e.g. that the model just loaded has random weights.
+pub fn take_pending_warning() -> Option<String> {
+    state().pending_warning.take()
+}
+
+/// A loaded random-weight model is said out loud, once per load, so nobody mistakes its vectors for real ones.
+fn random_weights_warning(encoder: &ImageEncoder) -> String {
+    format!(
+        "pg_clip: model {:?} has RANDOM weights: its vectors have the real model's shape and cost but are \
+         meaningless for search",
+        encoder.model.manifest.model_version
+    )
+}

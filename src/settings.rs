@@ -1,0 +1,161 @@
+//! Every `pg_clip.*` setting: private statics, one `init()`, typed getters.
+//!
+//! Values are read once, at the SQL edge (`sql_api`), and handed to the pure modules as plain structs.
+//! Anything that reaches files or the network is superuser-only (PGC_SUSET); so are the limits and the
+//! thread count, since a role that could raise them could exhaust the server's memory or CPUs.
+
+use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
+use pgrx::pg_sys;
+use std::ffi::{CStr, CString};
+use std::path::PathBuf;
+
+use crate::image::{ImageLimits, PreprocessConfig};
+
+static MODEL_PATH: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+static ONNXRUNTIME_PATH: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+static INTRA_OP_THREADS: GucSetting<i32> = GucSetting::<i32>::new(1);
+/// kB, like work_mem: 20 MB covers any catalogue photo; larger inputs are almost surely a mistake.
+static MAX_IMAGE_BYTES_KB: GucSetting<i32> = GucSetting::<i32>::new(20 * 1024);
+/// 50 Mpx: a 48 Mpx phone photo passes; decoding it needs 150 MB of RGB, which is the real cost guarded.
+static MAX_IMAGE_PIXELS: GucSetting<i32> = GucSetting::<i32>::new(50_000_000);
+static EXIF_ORIENTATION: GucSetting<bool> = GucSetting::<bool>::new(true);
+static EMBEDDING_CACHE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(16);
+
+/// Registers the settings. Called from `_PG_init`; does nothing else (no model, no threads).
+pub fn init() {
+    GucRegistry::define_string_guc(
+        c"pg_clip.model_path",
+        c"Directory holding the CLIP model files and their manifest.json.",
+        c"Empty means the model installed with the extension: $sharedir/pg_clip/model.",
+        &MODEL_PATH,
+        GucContext::Suset,
+        GucFlags::SUPERUSER_ONLY,
+    );
+    GucRegistry::define_string_guc(
+        c"pg_clip.onnxruntime_path",
+        c"Path of the ONNX Runtime shared library (libonnxruntime.so).",
+        c"Empty means the library installed with the extension: $pkglibdir/pg_clip/libonnxruntime.so. \
+          It is loaded once per backend; a change takes effect in new sessions.",
+        &ONNXRUNTIME_PATH,
+        GucContext::Suset,
+        GucFlags::SUPERUSER_ONLY,
+    );
+    GucRegistry::define_int_guc(
+        c"pg_clip.intra_op_threads",
+        c"Threads each backend's ONNX Runtime session may use for one inference.",
+        c"1 keeps inference on the backend's own thread: many backends then share the CPUs fairly.",
+        &INTRA_OP_THREADS,
+        1,
+        64,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"pg_clip.max_image_bytes",
+        c"Largest encoded image accepted, before decoding.",
+        c"",
+        &MAX_IMAGE_BYTES_KB,
+        1,
+        1024 * 1024,
+        GucContext::Suset,
+        GucFlags::UNIT_KB,
+    );
+    GucRegistry::define_int_guc(
+        c"pg_clip.max_image_pixels",
+        c"Largest image accepted, in pixels (width x height), checked from the header before decoding.",
+        c"Guards against decompression bombs: a small file that claims a huge canvas is refused unread.",
+        &MAX_IMAGE_PIXELS,
+        1,
+        i32::MAX,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"pg_clip.exif_orientation",
+        c"Rotate and flip images as their EXIF orientation tag says before embedding.",
+        c"Turn off to reproduce vectors made without it (sentence-transformers does not apply EXIF).",
+        &EXIF_ORIENTATION,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"pg_clip.embedding_cache_size",
+        c"How many recent inputs' embeddings each backend remembers (0 disables the cache).",
+        c"Lets a query that evaluates clip_embed_bytes once per row (a sequential scan) pay for one inference.",
+        &EMBEDDING_CACHE_SIZE,
+        0,
+        4096,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    // SAFETY: called from _PG_init, in the backend's main thread, with a static C string.
+    unsafe { pg_sys::MarkGUCPrefixReserved(c"pg_clip".as_ptr()) };
+}
+
+fn string_setting(setting: &GucSetting<Option<CString>>) -> Option<String> {
+    setting
+        .get()
+        .map(|s| s.to_string_lossy().into_owned())
+        .filter(|s| !s.trim().is_empty())
+}
+
+/// The model directory in force: the setting, or the one the install put under the share directory.
+pub fn model_path() -> PathBuf {
+    string_setting(&MODEL_PATH)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| share_dir().join("pg_clip").join("model"))
+}
+
+/// The ONNX Runtime library in force: the setting, or the one the install put under pkglibdir.
+pub fn onnxruntime_path() -> PathBuf {
+    string_setting(&ONNXRUNTIME_PATH)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| pkglib_dir().join("pg_clip").join("libonnxruntime.so"))
+}
+
+pub fn intra_op_threads() -> usize {
+    INTRA_OP_THREADS.get().max(1) as usize
+}
+
+pub fn embedding_cache_size() -> usize {
+    EMBEDDING_CACHE_SIZE.get().max(0) as usize
+}
+
+pub fn image_limits() -> ImageLimits {
+    ImageLimits {
+        max_bytes: MAX_IMAGE_BYTES_KB.get().max(1) as usize * 1024,
+        max_pixels: MAX_IMAGE_PIXELS.get().max(1) as u64,
+    }
+}
+
+/// Whether EXIF orientation is applied; the rest of the preprocessing comes from the model manifest.
+pub fn exif_orientation() -> bool {
+    EXIF_ORIENTATION.get()
+}
+
+/// Preprocessing for a model: the manifest's constants plus the settings that may change them.
+pub fn preprocess_config(mut from_manifest: PreprocessConfig) -> PreprocessConfig {
+    from_manifest.apply_exif_orientation = exif_orientation();
+    from_manifest
+}
+
+fn share_dir() -> PathBuf {
+    let mut buf = [0 as std::ffi::c_char; pg_sys::MAXPGPATH as usize];
+    // SAFETY: my_exec_path is set by the postmaster before any backend runs SQL; get_share_path writes at
+    // most MAXPGPATH bytes, NUL-terminated, into buf.
+    unsafe {
+        pg_sys::get_share_path(std::ptr::addr_of!(pg_sys::my_exec_path).cast(), buf.as_mut_ptr());
+        PathBuf::from(CStr::from_ptr(buf.as_ptr()).to_string_lossy().into_owned())
+    }
+}
+
+fn pkglib_dir() -> PathBuf {
+    // SAFETY: pkglib_path is a NUL-terminated MAXPGPATH buffer filled in at backend start.
+    unsafe {
+        PathBuf::from(
+            CStr::from_ptr(std::ptr::addr_of!(pg_sys::pkglib_path).cast())
+                .to_string_lossy()
+                .into_owned(),
+        )
+    }
+}

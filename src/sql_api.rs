@@ -1,0 +1,181 @@
+//! Every SQL-callable function. Each one reads the settings, calls the pure core, and maps errors to
+//! ErrorReports with their SQLSTATE. Nothing else happens here.
+
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::prelude::*;
+use pgrx::{PgLogLevel, PgSqlErrorCode};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use crate::error::{PgClipError, Result};
+use crate::model::{self, ImageRequest};
+use crate::pgvector::Vector;
+use crate::settings;
+
+fn image_request() -> ImageRequest {
+    ImageRequest {
+        model_dir: settings::model_path(),
+        runtime_path: settings::onnxruntime_path(),
+        intra_op_threads: settings::intra_op_threads(),
+        limits: settings::image_limits(),
+        exif_orientation: settings::exif_orientation(),
+        cache_size: settings::embedding_cache_size(),
+    }
+}
+
+/// Runs the pure core; a panic inside it becomes an error of our own instead of pgrx's XX000.
+fn guarded<T>(context: &'static str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(result) => result,
+        Err(panic) => Err(PgClipError::runtime(context, format!("internal error: {}", model::runtime::panic_message(&panic)))),
+    }
+}
+
+/// Raises `error` as an ERROR with its SQLSTATE, message and hint. Never returns.
+fn raise(error: PgClipError, function: &'static str) -> ! {
+    let mut report = ErrorReport::new(error.sqlstate(), format!("pg_clip: {error}"), function);
+    if let Some(hint) = error.hint() {
+        report = report.set_hint(hint);
+    }
+    report.report(PgLogLevel::ERROR);
+    unreachable!("ERROR does not return")
+}
+
+fn emit_pending_warning() {
+    if let Some(message) = model::take_pending_warning() {
+        ErrorReport::new(PgSqlErrorCode::ERRCODE_WARNING, message, "pg_clip").report(PgLogLevel::WARNING);
+    }
+}
+
+/// CLIP image embedding of an encoded image (JPEG, PNG, WebP, GIF, BMP, TIFF), L2-normalised.
+///
+/// STABLE, not IMMUTABLE: the result depends on pg_clip.model_path and pg_clip.exif_orientation, so it
+/// must not be folded into cached plans or expression indexes. A STABLE call in ORDER BY is evaluated once
+/// by an index scan; a sequential scan evaluates it per row, which the per-backend cache turns into a
+/// lookup. COST 10000 (about 25 ms in the planner's units) tells the planner one call is expensive, which
+/// favours plans that evaluate it once. PARALLEL RESTRICTED: a parallel worker would load its own copy of
+/// the model (hundreds of MB) for one query.
+#[pg_extern(stable, strict, parallel_restricted, cost = 10000)]
+fn clip_embed_bytes(image: &[u8], fcinfo: pg_sys::FunctionCallInfo) -> Vector {
+    // SAFETY: fcinfo is the live call info pgrx passes to this call.
+    if let Some(values) = unsafe { call_site::cached(fcinfo) } {
+        model::record_cache_hit();
+        return Vector(values);
+    }
+    let request = image_request();
+    let result = guarded("clip_embed_bytes", || model::embed_image(image, &request));
+    emit_pending_warning();
+    match result {
+        Ok(embedding) => {
+            // SAFETY: as above.
+            unsafe { call_site::store(fcinfo, &embedding) };
+            Vector(embedding.to_vec())
+        }
+        Err(e) => raise(e, "clip_embed_bytes"),
+    }
+}
+
+/// A result remembered by one call site for the rest of the query, when its argument cannot change
+/// during the query: a constant, or an external parameter such as `$1`.
+///
+/// Why: for `ORDER BY image_embedding <=> clip_embed_bytes($1) LIMIT 50` an index scan evaluates the
+/// ORDER BY argument once to start the scan and then once more for every row it returns (the sort key
+/// is projected as a hidden column). Postgres gives each call site an FmgrInfo whose fn_extra lives as
+/// long as the query; `get_fn_expr_arg_stable` says whether the argument is fixed for that time. With
+/// both, every evaluation after the first is a pointer read, whatever the size of the photo.
+mod call_site {
+    use pgrx::pg_sys;
+
+    /// Layout in fn_extra: the number of floats, then the floats.
+    const HEADER: usize = std::mem::size_of::<usize>();
+
+    /// # Safety
+    /// `fcinfo` must be the FunctionCallInfo of the current call.
+    pub unsafe fn cached(fcinfo: pg_sys::FunctionCallInfo) -> Option<Vec<f32>> {
+        // SAFETY: flinfo and fn_extra belong to this call site; fn_extra is null or was written by
+        // `store` below, in fn_mcxt, which outlives every call of this query.
+        unsafe {
+            let flinfo = (*fcinfo).flinfo;
+            if flinfo.is_null() || (*flinfo).fn_extra.is_null() {
+                return None;
+            }
+            let base = (*flinfo).fn_extra as *const u8;
+            let len = (base as *const usize).read();
+            Some(std::slice::from_raw_parts(base.add(HEADER) as *const f32, len).to_vec())
+        }
+    }
+
+    /// # Safety
+    /// `fcinfo` must be the FunctionCallInfo of the current call.
+    pub unsafe fn store(fcinfo: pg_sys::FunctionCallInfo, values: &[f32]) {
+        // SAFETY: as above; the allocation is sized for the header and the floats, and MAXALIGNed.
+        unsafe {
+            let flinfo = (*fcinfo).flinfo;
+            if flinfo.is_null() || (*flinfo).fn_expr.is_null() || !pg_sys::get_fn_expr_arg_stable(flinfo, 0) {
+                return;
+            }
+            let size = HEADER + std::mem::size_of_val(values);
+            let base = pg_sys::MemoryContextAlloc((*flinfo).fn_mcxt, size) as *mut u8;
+            (base as *mut usize).write(values.len());
+            std::ptr::copy_nonoverlapping(values.as_ptr(), base.add(HEADER) as *mut f32, values.len());
+            (*flinfo).fn_extra = base as *mut std::ffi::c_void;
+        }
+    }
+}
+
+/// The model in force for this session, whether this backend has loaded it, and its counters.
+/// VOLATILE: it reports counters that every embedding call changes.
+#[pg_extern(volatile, parallel_restricted)]
+#[allow(clippy::type_complexity)]
+fn clip_model_info() -> TableIterator<
+    'static,
+    (
+        name!(model_name, String),
+        name!(model_version, String),
+        name!(dimensions, i32),
+        name!(random_weights, bool),
+        name!(model_path, String),
+        name!(image_model_file, String),
+        name!(image_model_sha256, String),
+        name!(loaded, bool),
+        name!(load_ms, Option<f64>),
+        name!(onnxruntime_path, String),
+        name!(onnxruntime_version, Option<String>),
+        name!(intra_op_threads, i32),
+        name!(inferences, i64),
+        name!(cache_hits, i64),
+        name!(preprocess_ms_total, f64),
+        name!(inference_ms_total, f64),
+    ),
+> {
+    let request = image_request();
+    let info = match guarded("clip_model_info", || model::model_info(&request)) {
+        Ok(info) => info,
+        Err(e) => raise(e, "clip_model_info"),
+    };
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+    TableIterator::once((
+        info.model_name,
+        info.model_version,
+        info.embedding_dim as i32,
+        info.random_weights,
+        info.model_dir.display().to_string(),
+        info.image_model_file.display().to_string(),
+        info.image_model_sha256,
+        info.loaded,
+        info.load_time.map(ms),
+        info.onnxruntime_path.display().to_string(),
+        info.onnxruntime_version,
+        info.intra_op_threads as i32,
+        info.stats.inferences as i64,
+        info.stats.cache_hits as i64,
+        ms(info.stats.preprocess_time),
+        ms(info.stats.inference_time),
+    ))
+}
+
+/// Drops this backend's model session and embedding cache, returning whether one was loaded. The next
+/// embedding call loads the model again (useful after replacing model files, and to free memory).
+#[pg_extern(volatile, parallel_restricted)]
+fn clip_unload_model() -> bool {
+    model::unload()
+}
