@@ -14,7 +14,7 @@
 //! This is the only module that knows that layout; it is the only place where unsafe code touches it.
 
 use pgrx::callconv::{BoxRet, FcInfo};
-use pgrx::datum::{FromDatum, IntoDatum};
+use pgrx::datum::IntoDatum;
 use pgrx::pg_sys;
 use pgrx::pgrx_sql_entity_graph::metadata::{
     ArgumentError, ReturnsError, ReturnsRef, SqlMappingRef, SqlTranslatable, TypeOrigin,
@@ -27,12 +27,6 @@ const HEADER_BYTES: usize = 8;
 /// An owned embedding that crosses into SQL as pgvector's `vector`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Vector(pub Vec<f32>);
-
-impl Vector {
-    pub fn as_slice(&self) -> &[f32] {
-        &self.0
-    }
-}
 
 impl IntoDatum for Vector {
     fn into_datum(self) -> Option<pg_sys::Datum> {
@@ -53,33 +47,6 @@ impl IntoDatum for Vector {
 
     fn type_oid() -> pg_sys::Oid {
         vector_type_oid()
-    }
-}
-
-impl FromDatum for Vector {
-    unsafe fn from_polymorphic_datum(datum: pg_sys::Datum, is_null: bool, _typoid: pg_sys::Oid) -> Option<Self> {
-        if is_null {
-            return None;
-        }
-        // SAFETY: the caller promises datum is a `vector`; pg_detoast_datum returns a plain 4-byte-header
-        // copy (or the original) whose length we check against dim before reading the floats.
-        unsafe {
-            let varlena = pg_sys::pg_detoast_datum(datum.cast_mut_ptr());
-            let total = pgrx::varsize_any(varlena);
-            let base = varlena as *const u8;
-            let dim = (base.add(4) as *const i16).read() as usize;
-            assert!(total >= HEADER_BYTES + dim * 4, "corrupt vector datum");
-            let mut values = vec![0f32; dim];
-            std::ptr::copy_nonoverlapping(base.add(HEADER_BYTES) as *const f32, values.as_mut_ptr(), dim);
-            Some(Vector(values))
-        }
-    }
-}
-
-unsafe impl<'fcx> pgrx::callconv::ArgAbi<'fcx> for Vector {
-    unsafe fn unbox_arg_unchecked(arg: pgrx::callconv::Arg<'_, 'fcx>) -> Self {
-        // SAFETY: pgrx calls this only for non-null arguments of the declared type.
-        unsafe { arg.unbox_arg_using_from_datum().expect("vector argument was NULL") }
     }
 }
 
