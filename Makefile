@@ -1,0 +1,30 @@
+# pg_clip's build entry. The two commands a fresh machine needs:
+#   make demo   - the main job: install, build, make the model, start a local cluster, embed a catalogue, search
+#   make test   - every test (Rust, Python fidelity, pg_regress on a real server)
+# Each target installs what is missing first (scripts/setup.sh), so both work from a clean clone.
+.PHONY: demo test bench setup install model stop clean
+
+demo:
+	scripts/demo.sh
+
+test:
+	scripts/test.sh
+
+bench:
+	scripts/bench.sh $(IMAGES)
+
+setup:
+	scripts/setup.sh
+
+model: setup
+	bash -c 'source scripts/common.sh && make_model'
+
+install: setup
+	bash -c 'source scripts/common.sh && make_model && install_extension'
+
+# Stops the local clusters the scripts started (their data stays under target/clusters).
+stop:
+	bash -c 'source scripts/common.sh && cluster_stop demo && cluster_stop regress && cluster_stop bench'
+
+clean: stop
+	cargo clean

@@ -1,0 +1,68 @@
+# Shared settings for pg_clip's scripts (sourced, not run).
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PG_MAJOR=${PG_MAJOR:-15}
+PG_BIN=/usr/lib/postgresql/$PG_MAJOR/bin
+PG_CONFIG=$PG_BIN/pg_config
+PY=$ROOT/.venv/bin/python
+# The model every script, test and benchmark uses: the real ViT-B/32 architecture with SEEDED RANDOM
+# weights (no registry ships CLIP weights). Same compute and memory as the real model; meaningless vectors.
+MODEL_SEED=${MODEL_SEED:-42}
+MODEL_DIR=${MODEL_DIR:-$ROOT/target/pg_clip/model-random-seed$MODEL_SEED}
+ORT_LIB=$(ls "$ROOT"/.venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* 2>/dev/null | head -n1 || true)
+
+log() { printf '\033[1m[%s]\033[0m %s\n' "$(basename "$0" .sh)" "$*"; }
+
+# Postgres refuses to run as root: as root, run server-side commands as the postgres user.
+as_pg() {
+  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+pg_owner() { if [ "$(id -u)" = 0 ]; then echo postgres; else id -un; fi; }
+
+# make_model: export (or reuse) the seeded random-weight model.
+make_model() {
+  "$PY" "$ROOT/model/export.py" --random --seed "$MODEL_SEED" --out "$MODEL_DIR"
+}
+
+# install_extension: build (release) and install the extension, the model and the ONNX Runtime library
+# where the settings' defaults look: $sharedir/pg_clip/model and $pkglibdir/pg_clip/libonnxruntime.so.
+install_extension() {
+  log "building and installing the extension (release)"
+  local sudo_flag=""; [ "$(id -u)" = 0 ] || sudo_flag=--sudo
+  (cd "$ROOT" && cargo pgrx install --release $sudo_flag --pg-config "$PG_CONFIG" >/dev/null)
+  local share pkglib
+  share=$("$PG_CONFIG" --sharedir)/pg_clip
+  pkglib=$("$PG_CONFIG" --pkglibdir)/pg_clip
+  mkdir -p "$share" "$pkglib"
+  [ -n "$ORT_LIB" ] || { echo "no onnxruntime library in .venv: run scripts/setup.sh" >&2; exit 1; }
+  install -m 0644 "$ORT_LIB" "$pkglib/libonnxruntime.so"
+  # Copy the model only when it changed (it is 600 MB): compare manifests.
+  if ! cmp -s "$MODEL_DIR/manifest.json" "$share/model/manifest.json"; then
+    rm -rf "$share/model.new" && cp -r "$MODEL_DIR" "$share/model.new"
+    rm -rf "$share/model" && mv "$share/model.new" "$share/model"
+  fi
+  chmod -R a+rX "$share" "$pkglib"
+}
+
+# A throwaway cluster inside the project (data dir, socket dir, log), owned by the user Postgres runs as.
+cluster_start() {  # $1 = name (dir under target/clusters), $2 = port
+  local dir=$ROOT/target/clusters/$1 port=$2
+  mkdir -p "$dir"
+  chmod a+rx "$ROOT/target" "$ROOT/target/clusters"
+  chown "$(pg_owner)" "$dir"
+  if [ ! -f "$dir/data/PG_VERSION" ]; then
+    as_pg "$PG_BIN/initdb" -D "$dir/data" -U postgres --auth=trust --no-sync >/dev/null
+  fi
+  if ! as_pg "$PG_BIN/pg_ctl" -D "$dir/data" status >/dev/null 2>&1; then
+    as_pg "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w \
+      -o "-p $port -k $dir -c listen_addresses=''" start >/dev/null
+  fi
+  export PGHOST=$dir PGPORT=$port PGUSER=postgres
+}
+
+cluster_stop() {  # $1 = name
+  local dir=$ROOT/target/clusters/$1
+  if [ -f "$dir/data/PG_VERSION" ]; then
+    as_pg "$PG_BIN/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null 2>&1 || true
+  fi
+}

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Every test, on a fresh machine or an old one (idempotent):
+#   1. Rust unit tests and the preprocessing fidelity test (plain cargo test, no server);
+#   2. the model tool: export the seeded random-weight model, graph fidelity ONNX vs PyTorch;
+#   3. SQL tests (pg_regress) against a real PostgreSQL with real pgvector and the installed extension.
+source "$(dirname "$0")/common.sh"
+"$ROOT/scripts/setup.sh"
+cd "$ROOT"
+
+log "1/3 preprocessing fixtures from the reference (transformers CLIPImageProcessor + Pillow)"
+"$PY" tests/fixtures/make_fixtures.py --out-real target/fixtures-real
+log "1/3 cargo test (unit tests, preprocessing fidelity)"
+PG_CLIP_REAL_FIXTURES=$ROOT/target/fixtures-real cargo test --no-fail-fast -- --nocapture 2>&1 | tee target/cargo-test.log \
+  | grep -E '^(test |running|test result|fixture|  )|FAILED|panicked' || true
+grep -q 'test result: FAILED\|error\[' target/cargo-test.log && { echo "cargo test failed" >&2; exit 1; }
+grep -q '^test result: ok' target/cargo-test.log || { echo "cargo test did not run" >&2; exit 1; }
+
+log "2/3 model export (random weights, seed $MODEL_SEED) and graph fidelity"
+make_model
+"$PY" model/check_graph_fidelity.py --model "$MODEL_DIR"
+"$PY" model/check_graph_fidelity.py --self-test-checkpoint
+
+log "3/3 SQL tests (pg_regress) on a local cluster"
+install_extension
+work=$ROOT/target/pg_clip/regress-inputs
+"$PY" tests/pg_regress/make_inputs.py "$work" "$MODEL_DIR" >/dev/null
+chmod -R a+rX "$ROOT/target/pg_clip"
+cluster_start regress "${REGRESS_PORT:-28833}"
+trap 'cluster_stop regress' EXIT
+psql -X -q -c "DROP DATABASE IF EXISTS pg_clip_regress" -c "CREATE DATABASE pg_clip_regress" postgres
+# Where the tests find their inputs: a setting outside the reserved pg_clip prefix.
+psql -X -q -c "ALTER DATABASE pg_clip_regress SET pg_clip_test.inputs = '$work'" postgres
+mapfile -t schedule < <(ls tests/pg_regress/sql/*.sql | xargs -n1 basename | sed 's/\.sql$//' | sort)
+mkdir -p target/pg_regress
+if ! "$("$PG_CONFIG" --pkglibdir)/pgxs/src/test/regress/pg_regress" --use-existing --dbname=pg_clip_regress \
+      --inputdir=tests/pg_regress --outputdir=target/pg_regress --bindir="$PG_BIN" "${schedule[@]}"; then
+  cat target/pg_regress/regression.diffs >&2 || true
+  exit 1
+fi
+n=${#schedule[@]}
+echo "pg_regress: $n passed, 0 failed"
