@@ -24,7 +24,7 @@ out=$ROOT/target/bench && mkdir -p "$out"
 
 log "compute floor: decode+preprocess and ONNX Runtime inference outside Postgres"
 cargo build -q --release --example bench_core
-"$ROOT/target/release/examples/bench_core" "$MODEL_DIR" "$ORT_LIB" "$ROUNDS" "${images[@]}" > "$out/core.json"
+"$ROOT/target/release/examples/bench_core" "$MODEL_DIR" "$(ort_lib)" "$ROUNDS" "${images[@]}" > "$out/core.json"
 
 log "reference: transformers CLIPImageProcessor + PyTorch, $THREADS thread(s)"
 "$PY" "$ROOT/model/bench_reference.py" --model "$MODEL_DIR" --rounds "$ROUNDS" --threads "$THREADS" "${images[@]}" > "$out/reference.json"

@@ -9,7 +9,14 @@ PY=$ROOT/.venv/bin/python
 # weights (no registry ships CLIP weights). Same compute and memory as the real model; meaningless vectors.
 MODEL_SEED=${MODEL_SEED:-42}
 MODEL_DIR=${MODEL_DIR:-$ROOT/target/pg_clip/model-random-seed$MODEL_SEED}
-ORT_LIB=$(ls "$ROOT"/.venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* 2>/dev/null | head -n1 || true)
+# The ONNX Runtime library the PyPI wheel put in the venv. A function, not a variable: on a fresh clone the
+# venv only exists once scripts/setup.sh has run, after this file was sourced.
+ort_lib() {
+  local lib
+  lib=$(ls "$ROOT"/.venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* 2>/dev/null | head -n1 || true)
+  [ -n "$lib" ] || { echo "no onnxruntime library in .venv: run scripts/setup.sh" >&2; return 1; }
+  echo "$lib"
+}
 
 log() { printf '\033[1m[%s]\033[0m %s\n' "$(basename "$0" .sh)" "$*"; }
 
@@ -34,8 +41,7 @@ install_extension() {
   share=$("$PG_CONFIG" --sharedir)/pg_clip
   pkglib=$("$PG_CONFIG" --pkglibdir)/pg_clip
   mkdir -p "$share" "$pkglib"
-  [ -n "$ORT_LIB" ] || { echo "no onnxruntime library in .venv: run scripts/setup.sh" >&2; exit 1; }
-  install -m 0644 "$ORT_LIB" "$pkglib/libonnxruntime.so"
+  install -m 0644 "$(ort_lib)" "$pkglib/libonnxruntime.so"
   # Copy the model only when it changed (it is 600 MB): compare manifests.
   if ! cmp -s "$MODEL_DIR/manifest.json" "$share/model/manifest.json"; then
     rm -rf "$share/model.new" && cp -r "$MODEL_DIR" "$share/model.new"
