@@ -86,7 +86,7 @@ impl PgClipError {
     pub fn hint(&self) -> Option<String> {
         match self {
             PgClipError::LimitExceeded { setting, .. } => {
-                Some(format!("Raise {setting} if images this large are expected."))
+                Some(format!("Raise {setting} if inputs this large are expected."))
             }
             PgClipError::FileNotFound { hint, .. } => hint.clone(),
             _ => None,

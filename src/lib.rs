@@ -3,7 +3,7 @@
 //!
 //! Module map: `settings` (every GUC), `error` (one error type, SQLSTATEs), `sql_api` (every SQL function,
 //! thin), `pgvector` (the vector varlena), `model` (manifest, ONNX Runtime session per backend, cache),
-//! `image` (decode + CLIP preprocessing, pure).
+//! `image` (decode + CLIP preprocessing, pure), `tokenizer` (CLIP BPE, pure).
 use pgrx::prelude::*;
 
 ::pgrx::pg_module_magic!(name, version);
@@ -14,6 +14,7 @@ pub mod model;
 pub mod pgvector;
 pub mod settings;
 mod sql_api;
+pub mod tokenizer;
 
 /// Registers the settings and nothing else: no model, no ONNX Runtime, no threads. Loading happens on a
 /// backend's first embedding call, so server start is not slowed and nothing has to survive fork().

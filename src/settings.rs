@@ -18,6 +18,9 @@ static INTRA_OP_THREADS: GucSetting<i32> = GucSetting::<i32>::new(1);
 static MAX_IMAGE_BYTES_KB: GucSetting<i32> = GucSetting::<i32>::new(20 * 1024);
 /// 50 Mpx: a 48 Mpx phone photo passes; decoding it needs 150 MB of RGB, which is the real cost guarded.
 static MAX_IMAGE_PIXELS: GucSetting<i32> = GucSetting::<i32>::new(50_000_000);
+/// kB. The text tower reads 77 tokens; 64 kB is far past any query, yet bounds the cleaning and BPE work
+/// an absurd input could cost.
+static MAX_TEXT_BYTES_KB: GucSetting<i32> = GucSetting::<i32>::new(64);
 static EXIF_ORIENTATION: GucSetting<bool> = GucSetting::<bool>::new(true);
 static EMBEDDING_CACHE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(16);
 
@@ -69,6 +72,16 @@ pub fn init() {
         i32::MAX,
         GucContext::Suset,
         GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"pg_clip.max_text_bytes",
+        c"Longest text clip_embed_text accepts (it is then truncated to the model's 77-token context).",
+        c"",
+        &MAX_TEXT_BYTES_KB,
+        1,
+        1024 * 1024,
+        GucContext::Suset,
+        GucFlags::UNIT_KB,
     );
     GucRegistry::define_bool_guc(
         c"pg_clip.exif_orientation",
@@ -126,6 +139,10 @@ pub fn image_limits() -> ImageLimits {
         max_bytes: MAX_IMAGE_BYTES_KB.get().max(1) as usize * 1024,
         max_pixels: MAX_IMAGE_PIXELS.get().max(1) as u64,
     }
+}
+
+pub fn max_text_bytes() -> usize {
+    MAX_TEXT_BYTES_KB.get().max(1) as usize * 1024
 }
 
 /// Whether EXIF orientation is applied; the rest of the preprocessing comes from the model manifest.

@@ -14,8 +14,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::error::Result;
 use crate::image::{self, ImageLimits};
+use crate::tokenizer::ClipTokenizer;
 use cache::EmbeddingCache;
-use encoder::ImageEncoder;
+use encoder::{ImageEncoder, Tower, TowerKind};
 use manifest::ModelDir;
 
 /// Everything an image embedding depends on besides the bytes, as read from the settings.
@@ -27,6 +28,7 @@ pub struct ImageRequest {
     pub limits: ImageLimits,
     pub exif_orientation: bool,
     pub cache_size: usize,
+    pub max_text_bytes: usize,
 }
 
 /// Counters for this backend, reported by clip_model_info() (tests count inferences per query with them).
@@ -40,16 +42,20 @@ pub struct Stats {
 
 struct BackendState {
     encoder: Option<ImageEncoder>,
+    /// The text tower and its tokenizer: loaded only when text is first embedded.
+    text: Option<(Tower, ClipTokenizer)>,
     loaded_at: Option<SystemTime>,
     cache: EmbeddingCache,
     stats: Stats,
     pending_warning: Option<String>,
+    /// The model directory whose random weights this backend already warned about (once is enough).
+    warned_random: Option<PathBuf>,
 }
 
 /// The backend's model state. Postgres runs one query at a time per backend, so the lock is never
 /// contended; it is a Mutex so that worker threads of a later batch pipeline can share the session.
 static STATE: Lazy<Mutex<BackendState>> = Lazy::new(|| {
-    Mutex::new(BackendState { encoder: None, loaded_at: None, cache: EmbeddingCache::new(0), stats: Stats::default(), pending_warning: None })
+    Mutex::new(BackendState { encoder: None, text: None, loaded_at: None, cache: EmbeddingCache::new(0), stats: Stats::default(), pending_warning: None, warned_random: None })
 });
 
 fn state() -> MutexGuard<'static, BackendState> {
@@ -58,6 +64,13 @@ fn state() -> MutexGuard<'static, BackendState> {
 }
 
 impl BackendState {
+    fn warn_if_random(&mut self, tower: &Tower) {
+        if tower.model.manifest.random_weights && self.warned_random.as_ref() != Some(&tower.model.dir) {
+            self.pending_warning = Some(random_weights_warning(tower));
+            self.warned_random = Some(tower.model.dir.clone());
+        }
+    }
+
     /// The encoder for `request`, loading it (lazily, once) or replacing it when the model directory or
     /// thread count changed since it was loaded.
     fn encoder(&mut self, request: &ImageRequest) -> Result<&mut ImageEncoder> {
@@ -69,15 +82,81 @@ impl BackendState {
             self.cache.clear();
             let model = ModelDir::open(&request.model_dir)?;
             let runtime = runtime::runtime(&request.runtime_path)?;
-            let encoder = ImageEncoder::load(runtime, model, request.intra_op_threads)?;
-            if encoder.model.manifest.random_weights {
-                self.pending_warning = Some(random_weights_warning(&encoder));
-            }
+            let encoder = Tower::load(runtime, model, TowerKind::Image, request.intra_op_threads)?;
+            self.warn_if_random(&encoder);
             self.encoder = Some(encoder);
             self.loaded_at = Some(SystemTime::now());
         }
         Ok(self.encoder.as_mut().expect("encoder was just set"))
     }
+
+    /// The text tower and tokenizer for `request`, loaded on first use like the image tower.
+    fn text_encoder(&mut self, request: &ImageRequest) -> Result<&mut (Tower, ClipTokenizer)> {
+        let current = self.text.as_ref().is_some_and(|(t, _)| {
+            t.key.model_dir == request.model_dir && t.key.intra_op_threads == request.intra_op_threads
+        });
+        if !current {
+            self.text = None;
+            self.cache.clear();
+            let model = ModelDir::open(&request.model_dir)?;
+            let vocab = model
+                .manifest
+                .text
+                .as_ref()
+                .and_then(|t| t.bpe_vocab.clone())
+                .ok_or_else(|| crate::error::PgClipError::model_invalid(
+                    format!("model {}", model.dir.display()),
+                    "its manifest names no text tower with a bpe_vocab file",
+                ))?;
+            model.verify_file(&vocab)?;
+            let tokenizer = ClipTokenizer::from_path(&model.file_path(&vocab)?)?;
+            let runtime = runtime::runtime(&request.runtime_path)?;
+            let tower = Tower::load(runtime, model, TowerKind::Text, request.intra_op_threads)?;
+            self.warn_if_random(&tower);
+            self.text = Some((tower, tokenizer));
+        }
+        Ok(self.text.as_mut().expect("text tower was just set"))
+    }
+}
+
+/// Embeds one text: CLIP BPE tokens (truncated to the context length, as OpenAI's clip.tokenize does),
+/// the text tower, L2-normalised. Repeated texts come from the cache.
+pub fn embed_text(text: &str, request: &ImageRequest) -> Result<Arc<[f32]>> {
+    if text.trim().is_empty() {
+        return Err(crate::error::PgClipError::EmptyInput { what: "text" });
+    }
+    if text.len() > request.max_text_bytes {
+        return Err(crate::error::PgClipError::LimitExceeded {
+            what: "text size",
+            actual: text.len() as u64,
+            limit: request.max_text_bytes as u64,
+            setting: "pg_clip.max_text_bytes",
+        });
+    }
+    let mut state = state();
+    state.cache.set_capacity(request.cache_size);
+    let (tower, _) = state.text_encoder(request)?;
+    let context = {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        "text".hash(&mut hasher);
+        tower.key.model_dir.hash(&mut hasher);
+        tower.key.onnx_sha256.hash(&mut hasher);
+        hasher.finish()
+    };
+    if let Some(hit) = state.cache.get(context, text.as_bytes()) {
+        state.stats.cache_hits += 1;
+        return Ok(hit);
+    }
+    let started = Instant::now();
+    let (tower, tokenizer) = state.text.as_mut().expect("text tower loaded above");
+    let ids = tokenizer.tokenize(text, tower.tensor_len());
+    let mut embedding = tower.embed_tokens(&ids, 1)?.pop().expect("one embedding per text");
+    crate::pgvector::l2_normalize(&mut embedding);
+    let embedding: Arc<[f32]> = Arc::from(embedding);
+    state.stats.inferences += 1;
+    state.stats.inference_time += started.elapsed();
+    state.cache.put(context, text.as_bytes(), embedding.clone());
+    Ok(embedding)
 }
 
 /// Embeds one encoded image: decode, preprocess, infer, L2-normalise. Repeated inputs come from the cache.
@@ -146,6 +225,7 @@ pub struct ModelInfo {
     pub onnxruntime_path: PathBuf,
     pub onnxruntime_version: Option<String>,
     pub intra_op_threads: usize,
+    pub text_loaded: bool,
     pub stats: Stats,
 }
 
@@ -176,6 +256,7 @@ pub fn model_info(request: &ImageRequest) -> Result<ModelInfo> {
         onnxruntime_path: runtime.map(|r| r.library_path.clone()).unwrap_or_else(|| request.runtime_path.clone()),
         onnxruntime_version: runtime.map(|r| r.version.clone()),
         intra_op_threads: request.intra_op_threads,
+        text_loaded: state.text.is_some(),
         stats: state.stats.clone(),
     })
 }
@@ -185,7 +266,8 @@ pub fn unload() -> bool {
     let mut state = state();
     state.cache.clear();
     state.loaded_at = None;
-    state.encoder.take().is_some()
+    let had_text = state.text.take().is_some();
+    state.encoder.take().is_some() || had_text
 }
 
 /// A message the SQL layer should show once (as a WARNING), e.g. that the model just loaded has random weights.
