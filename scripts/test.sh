@@ -2,7 +2,8 @@
 # Every test, on a fresh machine or an old one (idempotent):
 #   1. Rust unit tests and the preprocessing fidelity test (plain cargo test, no server);
 #   2. the model tool: export the seeded random-weight model, graph fidelity ONNX vs PyTorch;
-#   3. SQL tests (pg_regress) against a real PostgreSQL with real pgvector and the installed extension.
+#   3. SQL tests (pg_regress) against a real PostgreSQL with real pgvector and the installed extension, and
+#      the example application (examples/search_service.py) against the same server.
 source "$(dirname "$0")/common.sh"
 "$ROOT/scripts/setup.sh"
 cd "$ROOT"
@@ -39,3 +40,6 @@ if ! "$("$PG_CONFIG" --pkglibdir)/pgxs/src/test/regress/pg_regress" --use-existi
 fi
 n=${#schedule[@]}
 echo "pg_regress: $n passed, 0 failed"
+
+log "3/3 the example application (psycopg + pgvector adapter) against the same server"
+"$PY" tests/clients/test_search_service.py "host=$PGHOST port=$PGPORT user=postgres dbname=pg_clip_regress" "$work"
