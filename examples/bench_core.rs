@@ -4,7 +4,11 @@
 //!
 //! usage: bench_core <model_dir> <libonnxruntime.so> <rounds> <image>...
 use pg_clip::image::{preprocess_into, ImageLimits};
-use pg_clip::model::{encoder::{Tower, TowerKind}, manifest::ModelDir, runtime};
+use pg_clip::model::{
+    encoder::{Tower, TowerKind},
+    manifest::ModelDir,
+    runtime,
+};
 use std::path::Path;
 use std::time::Instant;
 

@@ -63,9 +63,9 @@ impl PgClipError {
             PgClipError::InvalidImage { .. } => ERRCODE_INVALID_BINARY_REPRESENTATION, // 22P03
             PgClipError::UnsupportedImage { .. } => ERRCODE_FEATURE_NOT_SUPPORTED, // 0A000
             PgClipError::LimitExceeded { .. } => ERRCODE_PROGRAM_LIMIT_EXCEEDED, // 54000
-            PgClipError::FileNotFound { .. } => ERRCODE_UNDEFINED_FILE,          // 58P01
-            PgClipError::ModelInvalid { .. } => ERRCODE_CONFIG_FILE_ERROR,       // F0000
-            PgClipError::Runtime { .. } => ERRCODE_SYSTEM_ERROR,                 // 58000
+            PgClipError::FileNotFound { .. } => ERRCODE_UNDEFINED_FILE,        // 58P01
+            PgClipError::ModelInvalid { .. } => ERRCODE_CONFIG_FILE_ERROR,     // F0000
+            PgClipError::Runtime { .. } => ERRCODE_SYSTEM_ERROR,               // 58000
         }
     }
 

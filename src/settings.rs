@@ -106,17 +106,12 @@ pub fn init() {
 }
 
 fn string_setting(setting: &GucSetting<Option<CString>>) -> Option<String> {
-    setting
-        .get()
-        .map(|s| s.to_string_lossy().into_owned())
-        .filter(|s| !s.trim().is_empty())
+    setting.get().map(|s| s.to_string_lossy().into_owned()).filter(|s| !s.trim().is_empty())
 }
 
 /// The model directory in force: the setting, or the one the install put under the share directory.
 pub fn model_path() -> PathBuf {
-    string_setting(&MODEL_PATH)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| share_dir().join("pg_clip").join("model"))
+    string_setting(&MODEL_PATH).map(PathBuf::from).unwrap_or_else(|| share_dir().join("pg_clip").join("model"))
 }
 
 /// The ONNX Runtime library in force: the setting, or the one the install put under pkglibdir.
@@ -169,10 +164,6 @@ fn share_dir() -> PathBuf {
 fn pkglib_dir() -> PathBuf {
     // SAFETY: pkglib_path is a NUL-terminated MAXPGPATH buffer filled in at backend start.
     unsafe {
-        PathBuf::from(
-            CStr::from_ptr(std::ptr::addr_of!(pg_sys::pkglib_path).cast())
-                .to_string_lossy()
-                .into_owned(),
-        )
+        PathBuf::from(CStr::from_ptr(std::ptr::addr_of!(pg_sys::pkglib_path).cast()).to_string_lossy().into_owned())
     }
 }

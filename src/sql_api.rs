@@ -27,7 +27,9 @@ fn image_request() -> ImageRequest {
 fn guarded<T>(context: &'static str, f: impl FnOnce() -> Result<T>) -> Result<T> {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(result) => result,
-        Err(panic) => Err(PgClipError::runtime(context, format!("internal error: {}", model::runtime::panic_message(&panic)))),
+        Err(panic) => {
+            Err(PgClipError::runtime(context, format!("internal error: {}", model::runtime::panic_message(&panic))))
+        }
     }
 }
 

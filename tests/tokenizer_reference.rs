@@ -10,9 +10,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use pg_clip::tokenizer::{ClipTokenizer, CONTEXT_LENGTH};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use pg_clip::tokenizer::{ClipTokenizer, CONTEXT_LENGTH};
 
 const VOCAB: &str = "bpe_simple_vocab_16e6.txt.gz";
 

@@ -89,7 +89,9 @@ impl Tower {
         let session = match created {
             Ok(Ok(session)) => session,
             Ok(Err(e)) => return Err(PgClipError::model_invalid(what, format!("ONNX Runtime could not load it: {e}"))),
-            Err(panic) => return Err(PgClipError::model_invalid(what, format!("loading panicked: {}", panic_message(&panic)))),
+            Err(panic) => {
+                return Err(PgClipError::model_invalid(what, format!("loading panicked: {}", panic_message(&panic))))
+            }
         };
 
         let embedding_dim = manifest.embedding_dim;
@@ -98,7 +100,14 @@ impl Tower {
             TowerKind::Text => ort::value::TensorElementType::Int64,
         };
         check_outlet(&session, &what, true, input_name, element, &item_shape)?;
-        check_outlet(&session, &what, false, output_name, ort::value::TensorElementType::Float32, &[embedding_dim as i64])?;
+        check_outlet(
+            &session,
+            &what,
+            false,
+            output_name,
+            ort::value::TensorElementType::Float32,
+            &[embedding_dim as i64],
+        )?;
 
         Ok(Tower {
             kind,

@@ -104,7 +104,11 @@ impl ModelDir {
                 Ok(meta) => {
                     return Err(PgClipError::model_invalid(
                         format!("model file {}", path.display()),
-                        format!("size is {} bytes, the manifest says {} (truncated or replaced?)", meta.len(), entry.bytes),
+                        format!(
+                            "size is {} bytes, the manifest says {} (truncated or replaced?)",
+                            meta.len(),
+                            entry.bytes
+                        ),
                     ))
                 }
                 Err(_) => return Err(PgClipError::FileNotFound { what: "model file", path, hint: None }),
@@ -117,7 +121,10 @@ impl ModelDir {
     pub fn file_path(&self, name: &str) -> Result<PathBuf> {
         let relative = Path::new(name);
         if relative.is_absolute() || relative.components().any(|c| !matches!(c, std::path::Component::Normal(_))) {
-            return Err(PgClipError::model_invalid("model manifest", format!("file name {name:?} leaves the model directory")));
+            return Err(PgClipError::model_invalid(
+                "model manifest",
+                format!("file name {name:?} leaves the model directory"),
+            ));
         }
         Ok(self.dir.join(relative))
     }
@@ -192,8 +199,11 @@ impl Manifest {
 }
 
 pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut file = std::fs::File::open(path)
-        .map_err(|_| PgClipError::FileNotFound { what: "model file", path: path.to_path_buf(), hint: None })?;
+    let mut file = std::fs::File::open(path).map_err(|_| PgClipError::FileNotFound {
+        what: "model file",
+        path: path.to_path_buf(),
+        hint: None,
+    })?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {

@@ -55,7 +55,15 @@ struct BackendState {
 /// The backend's model state. Postgres runs one query at a time per backend, so the lock is never
 /// contended; it is a Mutex so that worker threads of a later batch pipeline can share the session.
 static STATE: Lazy<Mutex<BackendState>> = Lazy::new(|| {
-    Mutex::new(BackendState { encoder: None, text: None, loaded_at: None, cache: EmbeddingCache::new(0), stats: Stats::default(), pending_warning: None, warned_random: None })
+    Mutex::new(BackendState {
+        encoder: None,
+        text: None,
+        loaded_at: None,
+        cache: EmbeddingCache::new(0),
+        stats: Stats::default(),
+        pending_warning: None,
+        warned_random: None,
+    })
 });
 
 fn state() -> MutexGuard<'static, BackendState> {
@@ -99,15 +107,12 @@ impl BackendState {
             self.text = None;
             self.cache.clear();
             let model = ModelDir::open(&request.model_dir)?;
-            let vocab = model
-                .manifest
-                .text
-                .as_ref()
-                .and_then(|t| t.bpe_vocab.clone())
-                .ok_or_else(|| crate::error::PgClipError::model_invalid(
+            let vocab = model.manifest.text.as_ref().and_then(|t| t.bpe_vocab.clone()).ok_or_else(|| {
+                crate::error::PgClipError::model_invalid(
                     format!("model {}", model.dir.display()),
                     "its manifest names no text tower with a bpe_vocab file",
-                ))?;
+                )
+            })?;
             model.verify_file(&vocab)?;
             let tokenizer = ClipTokenizer::from_path(&model.file_path(&vocab)?)?;
             let runtime = runtime::runtime(&request.runtime_path)?;
@@ -233,9 +238,10 @@ pub struct ModelInfo {
 /// backend has it loaded, adds the load time and counters.
 pub fn model_info(request: &ImageRequest) -> Result<ModelInfo> {
     let state = state();
-    let loaded = state.encoder.as_ref().filter(|e| {
-        e.key.model_dir == request.model_dir && e.key.intra_op_threads == request.intra_op_threads
-    });
+    let loaded = state
+        .encoder
+        .as_ref()
+        .filter(|e| e.key.model_dir == request.model_dir && e.key.intra_op_threads == request.intra_op_threads);
     let model = match loaded {
         Some(encoder) => encoder.model.clone(),
         None => ModelDir::open(&request.model_dir)?,
