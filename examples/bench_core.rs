@@ -5,7 +5,7 @@
 //! usage: bench_core <model_dir> <libonnxruntime.so> <rounds> <image>...
 use pg_clip::image::{preprocess_into, ImageLimits};
 use pg_clip::model::{
-    encoder::{Tower, TowerKind},
+    encoder::{Precision, Tower, TowerKind, WeightSharing},
     manifest::ModelDir,
     runtime,
 };
@@ -28,7 +28,8 @@ fn main() {
     let images: Vec<Vec<u8>> = args[4..].iter().map(|p| std::fs::read(p).expect("image")).collect();
     let config = model.manifest.preprocess_config();
     let limits = ImageLimits { max_bytes: 64 << 20, max_pixels: 100_000_000 };
-    let mut encoder = Tower::load(runtime, model, TowerKind::Image, 1).expect("session");
+    let (mut encoder, _) =
+        Tower::load(runtime, model, TowerKind::Image, Precision::Fp32, 1, &WeightSharing::Private).expect("session");
     let mut pixels = vec![0f32; encoder.tensor_len()];
     // Warm-up: first runs allocate ONNX Runtime's arena.
     for bytes in images.iter().take(3) {

@@ -6,10 +6,20 @@
 
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use pgrx::pg_sys;
+use pgrx::PostgresGucEnum;
 use std::ffi::{CStr, CString};
 use std::path::PathBuf;
 
 use crate::image::{ImageLimits, PreprocessConfig};
+use crate::model::encoder::{Precision, WeightSharing};
+
+#[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum ImagePrecision {
+    #[name = c"fp32"]
+    Fp32,
+    #[name = c"int8"]
+    Int8,
+}
 
 static MODEL_PATH: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 static ONNXRUNTIME_PATH: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
@@ -22,6 +32,9 @@ static MAX_IMAGE_PIXELS: GucSetting<i32> = GucSetting::<i32>::new(50_000_000);
 /// an absurd input could cost.
 static MAX_TEXT_BYTES_KB: GucSetting<i32> = GucSetting::<i32>::new(64);
 static EXIF_ORIENTATION: GucSetting<bool> = GucSetting::<bool>::new(true);
+static SHARE_MODEL_WEIGHTS: GucSetting<bool> = GucSetting::<bool>::new(true);
+static PREPARED_MODEL_DIR: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+static IMAGE_PRECISION: GucSetting<ImagePrecision> = GucSetting::<ImagePrecision>::new(ImagePrecision::Fp32);
 static EMBEDDING_CACHE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(16);
 
 /// Registers the settings. Called from `_PG_init`; does nothing else (no model, no threads).
@@ -91,6 +104,31 @@ pub fn init() {
         GucContext::Userset,
         GucFlags::default(),
     );
+    GucRegistry::define_bool_guc(
+        c"pg_clip.share_model_weights",
+        c"Share the model's weights between backends through a prepared, memory-mapped model file.",
+        c"Off gives every backend a private copy (about 350 MB for the fp32 image tower).",
+        &SHARE_MODEL_WEIGHTS,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"pg_clip.prepared_model_dir",
+        c"Directory for prepared (optimized, pre-packed) model files that backends share.",
+        c"Empty means pg_clip/prepared inside the data directory. Files there are specific to this CPU and ONNX \
+          Runtime version; pg_clip makes them on first use and rebuilds any that do not verify.",
+        &PREPARED_MODEL_DIR,
+        GucContext::Suset,
+        GucFlags::SUPERUSER_ONLY,
+    );
+    GucRegistry::define_enum_guc(
+        c"pg_clip.image_precision",
+        c"Which image tower: fp32 (reproduces stored vectors) or the int8 one a model may offer.",
+        c"int8 is about 3.5x faster but its vectors are not bit-compatible with fp32 ones (see the README).",
+        &IMAGE_PRECISION,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
     GucRegistry::define_int_guc(
         c"pg_clip.embedding_cache_size",
         c"How many recent inputs' embeddings each backend remembers (0 disables the cache).",
@@ -140,6 +178,24 @@ pub fn max_text_bytes() -> usize {
     MAX_TEXT_BYTES_KB.get().max(1) as usize * 1024
 }
 
+pub fn image_precision() -> Precision {
+    match IMAGE_PRECISION.get() {
+        ImagePrecision::Fp32 => Precision::Fp32,
+        ImagePrecision::Int8 => Precision::Int8,
+    }
+}
+
+/// Shared weights from the prepared-model directory in force, or a private session.
+pub fn weight_sharing() -> WeightSharing {
+    if !SHARE_MODEL_WEIGHTS.get() {
+        return WeightSharing::Private;
+    }
+    let cache_dir = string_setting(&PREPARED_MODEL_DIR)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| data_dir().join("pg_clip").join("prepared"));
+    WeightSharing::Shared { cache_dir }
+}
+
 /// Whether EXIF orientation is applied; the rest of the preprocessing comes from the model manifest.
 pub fn exif_orientation() -> bool {
     EXIF_ORIENTATION.get()
@@ -158,6 +214,16 @@ fn share_dir() -> PathBuf {
     unsafe {
         pg_sys::get_share_path(std::ptr::addr_of!(pg_sys::my_exec_path).cast(), buf.as_mut_ptr());
         PathBuf::from(CStr::from_ptr(buf.as_ptr()).to_string_lossy().into_owned())
+    }
+}
+
+fn data_dir() -> PathBuf {
+    // SAFETY: DataDir is set at postmaster start, before any backend runs SQL, and never freed.
+    unsafe {
+        if pg_sys::DataDir.is_null() {
+            return PathBuf::from(".");
+        }
+        PathBuf::from(CStr::from_ptr(pg_sys::DataDir).to_string_lossy().into_owned())
     }
 }
 

@@ -20,6 +20,8 @@ fn image_request() -> ImageRequest {
         exif_orientation: settings::exif_orientation(),
         cache_size: settings::embedding_cache_size(),
         max_text_bytes: settings::max_text_bytes(),
+        precision: settings::image_precision(),
+        sharing: settings::weight_sharing(),
     }
 }
 
@@ -168,6 +170,12 @@ fn clip_model_info() -> TableIterator<
         name!(preprocess_ms_total, f64),
         name!(inference_ms_total, f64),
         name!(text_loaded, bool),
+        name!(precision, String),
+        name!(load_mode, Option<String>),
+        name!(load_note, Option<String>),
+        name!(prepared_path, Option<String>),
+        name!(prepared_bytes, Option<i64>),
+        name!(model_private_mb, Option<f64>),
     ),
 > {
     let request = image_request();
@@ -194,6 +202,12 @@ fn clip_model_info() -> TableIterator<
         ms(info.stats.preprocess_time),
         ms(info.stats.inference_time),
         info.text_loaded,
+        format!("{:?}", request.precision).to_lowercase(),
+        info.loaded.then(|| info.image_load.mode.to_string()),
+        info.image_load.note.clone(),
+        info.image_load.prepared_path.as_ref().map(|p| p.display().to_string()),
+        info.image_load.prepared_bytes.map(|b| b as i64),
+        info.image_load.private_kb.map(|kb| kb as f64 / 1024.0),
     ))
 }
 

@@ -9,15 +9,26 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
 use super::manifest::ModelDir;
+use super::prepared::{Lookup, PreparedSlot, DATA_FILE};
 use super::runtime::{panic_message, with_signals_blocked, Runtime};
 use crate::error::{PgClipError, Result};
+use std::path::{Path, PathBuf};
 
 /// What identifies a loaded session: a change in any of these means a new session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EncoderKey {
-    pub model_dir: std::path::PathBuf,
+    pub model_dir: PathBuf,
     pub onnx_sha256: String,
     pub intra_op_threads: usize,
+    pub precision: Precision,
+    pub sharing: WeightSharing,
+}
+
+/// Which image graph: the exported fp32 one (default; reproduces stored vectors) or the int8 one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Precision {
+    Fp32,
+    Int8,
 }
 
 /// Which tower, with what its graph must look like.
@@ -46,18 +57,81 @@ pub struct Tower {
 /// The image tower (kept as a name: most of the extension speaks of it).
 pub type ImageEncoder = Tower;
 
+/// How a backend gets its weights.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WeightSharing {
+    /// Map a prepared model from this directory (preparing it on first use): one copy for all backends.
+    Shared { cache_dir: PathBuf },
+    /// A session of this backend's own (pg_clip.share_model_weights = off).
+    Private,
+}
+
+/// How the session in use was loaded, for clip_model_info().
+#[derive(Debug, Clone, Default)]
+pub struct LoadReport {
+    /// "shared" (mapped a prepared model), "prepared" (made it now, then mapped it), "private", or
+    /// "private (fallback)" when sharing was asked for but could not be had.
+    pub mode: &'static str,
+    pub prepared_path: Option<PathBuf>,
+    pub prepared_bytes: Option<u64>,
+    /// Why sharing fell back to a private session, or why a prepared model was rebuilt.
+    pub note: Option<String>,
+    /// Anonymous (heap) memory the load added to this backend, in kB: what the model costs it privately.
+    pub private_kb: Option<i64>,
+}
+
+/// The options every session shares: threads, no spinning, sequential execution.
+fn session_builder(runtime: &Runtime, intra_op_threads: usize) -> ort::Result<ort::session::builder::SessionBuilder> {
+    Ok(Session::builder(&runtime.environment)?
+        .with_intra_threads(intra_op_threads)?
+        .with_inter_threads(1)?
+        .with_parallel_execution(false)?
+        // Spinning threads burn a core each while idle; a database server has better uses for it.
+        .with_intra_op_spinning(false)?
+        .with_inter_op_spinning(false)?)
+}
+
+/// Runs an ONNX Runtime session constructor with every signal blocked (it may start threads) and any
+/// panic caught.
+fn create_session(what: &str, build: impl FnOnce() -> ort::Result<Session>) -> Result<Session> {
+    match with_signals_blocked(|| catch_unwind(AssertUnwindSafe(build))) {
+        Ok(Ok(session)) => Ok(session),
+        Ok(Err(e)) => Err(PgClipError::model_invalid(what, format!("ONNX Runtime could not load it: {e}"))),
+        Err(panic) => Err(PgClipError::model_invalid(what, format!("loading panicked: {}", panic_message(&panic)))),
+    }
+}
+
 impl Tower {
-    /// Verifies the graph files' checksums, creates the session with all signals blocked (ONNX Runtime may
-    /// start threads), and checks the graph's input and output against the manifest before any inference.
-    pub fn load(runtime: &Runtime, model: ModelDir, kind: TowerKind, intra_op_threads: usize) -> Result<Tower> {
+    /// Creates the session (shared through a prepared model when asked, else private), and checks the graph's
+    /// input and output against the manifest before any inference. Source files are verified against the
+    /// manifest's checksums before ONNX Runtime reads them; a prepared model against its own record.
+    pub fn load(
+        runtime: &Runtime,
+        model: ModelDir,
+        kind: TowerKind,
+        precision: Precision,
+        intra_op_threads: usize,
+        sharing: &WeightSharing,
+    ) -> Result<(Tower, LoadReport)> {
         let started = Instant::now();
         let manifest = &model.manifest;
-        let (onnx, input_name, output_name, item_shape) = match kind {
-            TowerKind::Image => {
+        let (onnx, input_name, output_name, item_shape) = match (kind, precision) {
+            (TowerKind::Image, Precision::Fp32) => {
                 let crop = manifest.image.preprocess.crop_size as i64;
                 (&manifest.image.onnx, &manifest.image.input, &manifest.image.output, vec![3, crop, crop])
             }
-            TowerKind::Text => {
+            (TowerKind::Image, Precision::Int8) => {
+                let crop = manifest.image.preprocess.crop_size as i64;
+                let int8 = manifest.image_int8.as_ref().ok_or_else(|| {
+                    PgClipError::model_invalid(
+                        format!("model {}", model.dir.display()),
+                        "it has no int8 image tower (export it with model/export.py --int8), \
+                         but pg_clip.image_precision is int8",
+                    )
+                })?;
+                (&int8.onnx, &int8.input, &int8.output, vec![3, crop, crop])
+            }
+            (TowerKind::Text, _) => {
                 let text = manifest.text.as_ref().ok_or_else(|| {
                     PgClipError::model_invalid(
                         format!("model {}", model.dir.display()),
@@ -67,31 +141,62 @@ impl Tower {
                 (&text.onnx, &text.input, &text.output, vec![text.context_length as i64])
             }
         };
+        let onnx_path = model.file_path(onnx)?;
+        let what = format!("{} model {}", kind.name(), onnx_path.display());
+        let source_sha256 = manifest.files.get(onnx).map(|f| f.sha256.clone()).ok_or_else(|| {
+            PgClipError::model_invalid("model manifest", format!("{onnx} is not listed under \"files\""))
+        })?;
+        let anonymous_before = anonymous_memory_kb();
+        // The source files are verified on every load, also when a prepared copy will be used: a model
+        // directory whose files do not match its manifest is reported, never quietly papered over.
         for name in model.graph_files(onnx) {
             model.verify_file(&name)?;
         }
-        let onnx_path = model.file_path(onnx)?;
-        let what = format!("{} model {}", kind.name(), onnx_path.display());
-        let created = with_signals_blocked(|| {
-            catch_unwind(AssertUnwindSafe(|| -> ort::Result<Session> {
-                Session::builder(&runtime.environment)?
-                    .with_optimization_level(GraphOptimizationLevel::All)?
-                    .with_intra_threads(intra_op_threads)?
-                    .with_inter_threads(1)?
-                    .with_parallel_execution(false)?
-                    // Spinning threads burn a core each while idle; a database server has better uses for it.
-                    .with_intra_op_spinning(false)?
-                    .with_inter_op_spinning(false)?
+        let load_private = || -> Result<Session> {
+            // Extended, not All: All adds NCHWc layouts whose block size depends on the CPU; Extended keeps
+            // private and shared sessions computing the same graph, so their vectors are identical.
+            create_session(&what, || {
+                session_builder(runtime, intra_op_threads)?
+                    .with_optimization_level(GraphOptimizationLevel::Level2)?
                     .commit_from_file(&onnx_path)
-                    .map_err(ort::Error::from)
-            }))
-        });
-        let session = match created {
-            Ok(Ok(session)) => session,
-            Ok(Err(e)) => return Err(PgClipError::model_invalid(what, format!("ONNX Runtime could not load it: {e}"))),
-            Err(panic) => {
-                return Err(PgClipError::model_invalid(what, format!("loading panicked: {}", panic_message(&panic))))
+            })
+        };
+
+        let mut report = LoadReport::default();
+        let session = match sharing {
+            WeightSharing::Private => {
+                report.mode = "private";
+                load_private()?
             }
+            WeightSharing::Shared { cache_dir } => {
+                let tower_name = match precision {
+                    Precision::Int8 => "image-int8",
+                    Precision::Fp32 => kind.name(),
+                };
+                let slot =
+                    PreparedSlot::new(cache_dir, &manifest.model_version, tower_name, &source_sha256, &runtime.version);
+                match load_shared(runtime, &slot, &what, intra_op_threads, &onnx_path) {
+                    Ok((session, shared)) => {
+                        report = shared;
+                        session
+                    }
+                    Err(reason) => {
+                        report.mode = "private (fallback)";
+                        report.note = Some(reason);
+                        load_private()?
+                    }
+                }
+            }
+        };
+        // ONNX Runtime packs every weight on the heap before it swaps in the mapped copy; give the freed
+        // pages back so the backend's private memory shows what it really keeps.
+        // SAFETY: malloc_trim only releases free heap memory; it takes no pointers.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+        report.private_kb = match (anonymous_before, anonymous_memory_kb()) {
+            (Some(before), Some(after)) => Some(after - before),
+            _ => None,
         };
 
         let embedding_dim = manifest.embedding_dim;
@@ -109,12 +214,14 @@ impl Tower {
             &[embedding_dim as i64],
         )?;
 
-        Ok(Tower {
+        let tower = Tower {
             kind,
             key: EncoderKey {
                 model_dir: model.dir.clone(),
-                onnx_sha256: manifest.files[onnx].sha256.clone(),
+                onnx_sha256: source_sha256,
                 intra_op_threads,
+                precision,
+                sharing: sharing.clone(),
             },
             input_name: input_name.clone(),
             output_name: output_name.clone(),
@@ -124,7 +231,8 @@ impl Tower {
             model,
             session,
             load_time: started.elapsed(),
-        })
+        };
+        Ok((tower, report))
     }
 
     /// Elements of one input item (pixels of one image, or token ids of one text).
@@ -245,4 +353,76 @@ fn describe(dtype: &ort::value::ValueType) -> String {
         }
         other => format!("{other:?}"),
     }
+}
+
+/// Maps the slot's prepared model, preparing it first when it is missing or did not verify. An error is
+/// the reason sharing could not be had (the caller then falls back to a private session).
+fn load_shared(
+    runtime: &Runtime,
+    slot: &PreparedSlot,
+    what: &str,
+    intra_op_threads: usize,
+    source: &Path,
+) -> std::result::Result<(Session, LoadReport), String> {
+    let fallback = |e: PgClipError| e.to_string();
+    let mut report = LoadReport { mode: "shared", prepared_path: Some(slot.dir.clone()), ..Default::default() };
+    let prepared = match slot.lookup().map_err(fallback)? {
+        Lookup::Ready { graph, bytes } => (graph, bytes),
+        Lookup::Missing { removed_because } => {
+            if let Some(reason) = removed_because {
+                report.note = Some(format!("rebuilt the prepared model: {reason}"));
+            }
+            let temporary = slot.begin().map_err(fallback)?;
+            // Optimize at Extended (no CPU-specific layouts) and save the graph with every weight, pre-packed
+            // ones included, in one external data file that ONNX Runtime maps page-aligned at load.
+            let graph = temporary.join(super::prepared::GRAPH_FILE);
+            let made = create_session(what, || {
+                session_builder(runtime, intra_op_threads)?
+                    .with_optimization_level(GraphOptimizationLevel::Level2)?
+                    .with_optimized_model_path(&graph)?
+                    .with_config_entry("session.optimized_model_external_initializers_file_name", DATA_FILE)?
+                    .with_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")?
+                    .with_config_entry("session.save_external_prepacked_constant_initializers", "1")?
+                    .commit_from_file(source)
+            });
+            match made {
+                Ok(session) => drop(session),
+                Err(e) => {
+                    slot.abandon(&temporary);
+                    return Err(format!("preparing failed: {e}"));
+                }
+            }
+            if let Err(e) = slot.commit(&temporary) {
+                slot.abandon(&temporary);
+                return Err(fallback(e));
+            }
+            report.mode = "prepared";
+            match slot.lookup().map_err(fallback)? {
+                Lookup::Ready { graph, bytes } => (graph, bytes),
+                Lookup::Missing { removed_because } => {
+                    return Err(format!(
+                        "the prepared model did not verify right after it was written: {}",
+                        removed_because.unwrap_or_default()
+                    ))
+                }
+            }
+        }
+    };
+    let (graph, bytes) = prepared;
+    report.prepared_bytes = Some(bytes);
+    // Already optimized: loading it again at any level would only redo (or undo) that work.
+    let session = create_session(what, || {
+        session_builder(runtime, intra_op_threads)?
+            .with_optimization_level(GraphOptimizationLevel::Disable)?
+            .commit_from_file(&graph)
+    })
+    .map_err(|e| format!("the prepared model would not load: {e}"))?;
+    Ok((session, report))
+}
+
+/// This process's anonymous (heap) resident memory, in kB (RssAnon in /proc/self/status).
+fn anonymous_memory_kb() -> Option<i64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("RssAnon:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }

@@ -30,8 +30,19 @@ pub struct Manifest {
     pub embedding_dim: usize,
     pub files: BTreeMap<String, FileEntry>,
     pub image: ImageTower,
+    /// The optional dynamically quantized image tower (model/export.py --int8).
+    #[serde(default)]
+    pub image_int8: Option<GraphIo>,
     #[serde(default)]
     pub text: Option<TextTower>,
+}
+
+/// A graph file and the names of its input and output.
+#[derive(Debug, Clone, Deserialize)]
+pub struct GraphIo {
+    pub onnx: String,
+    pub input: String,
+    pub output: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -4,6 +4,7 @@
 pub mod cache;
 pub mod encoder;
 pub mod manifest;
+pub mod prepared;
 pub mod runtime;
 
 use once_cell::sync::Lazy;
@@ -16,7 +17,7 @@ use crate::error::Result;
 use crate::image::{self, ImageLimits};
 use crate::tokenizer::ClipTokenizer;
 use cache::EmbeddingCache;
-use encoder::{ImageEncoder, Tower, TowerKind};
+use encoder::{ImageEncoder, LoadReport, Precision, Tower, TowerKind, WeightSharing};
 use manifest::ModelDir;
 
 /// Everything an image embedding depends on besides the bytes, as read from the settings.
@@ -29,6 +30,18 @@ pub struct ImageRequest {
     pub exif_orientation: bool,
     pub cache_size: usize,
     pub max_text_bytes: usize,
+    pub precision: Precision,
+    pub sharing: WeightSharing,
+}
+
+impl ImageRequest {
+    /// Whether a loaded tower is the one this request asks for (else it is replaced).
+    fn wants(&self, tower: &Tower, precision: Precision) -> bool {
+        tower.key.model_dir == self.model_dir
+            && tower.key.intra_op_threads == self.intra_op_threads
+            && tower.key.precision == precision
+            && tower.key.sharing == self.sharing
+    }
 }
 
 /// Counters for this backend, reported by clip_model_info() (tests count inferences per query with them).
@@ -42,6 +55,7 @@ pub struct Stats {
 
 struct BackendState {
     encoder: Option<ImageEncoder>,
+    image_load: LoadReport,
     /// The text tower and its tokenizer: loaded only when text is first embedded.
     text: Option<(Tower, ClipTokenizer)>,
     loaded_at: Option<SystemTime>,
@@ -57,6 +71,7 @@ struct BackendState {
 static STATE: Lazy<Mutex<BackendState>> = Lazy::new(|| {
     Mutex::new(BackendState {
         encoder: None,
+        image_load: LoadReport::default(),
         text: None,
         loaded_at: None,
         cache: EmbeddingCache::new(0),
@@ -82,17 +97,29 @@ impl BackendState {
     /// The encoder for `request`, loading it (lazily, once) or replacing it when the model directory or
     /// thread count changed since it was loaded.
     fn encoder(&mut self, request: &ImageRequest) -> Result<&mut ImageEncoder> {
-        let current = self.encoder.as_ref().is_some_and(|e| {
-            e.key.model_dir == request.model_dir && e.key.intra_op_threads == request.intra_op_threads
-        });
+        let current = self.encoder.as_ref().is_some_and(|e| request.wants(e, request.precision));
         if !current {
             self.encoder = None;
             self.cache.clear();
             let model = ModelDir::open(&request.model_dir)?;
             let runtime = runtime::runtime(&request.runtime_path)?;
-            let encoder = Tower::load(runtime, model, TowerKind::Image, request.intra_op_threads)?;
+            let (encoder, report) = Tower::load(
+                runtime,
+                model,
+                TowerKind::Image,
+                request.precision,
+                request.intra_op_threads,
+                &request.sharing,
+            )?;
             self.warn_if_random(&encoder);
+            if let (Some(note), "private (fallback)") = (&report.note, report.mode) {
+                self.pending_warning = Some(format!(
+                    "pg_clip: could not share the model's weights with other backends, so this backend holds its \
+                     own copy: {note}"
+                ));
+            }
             self.encoder = Some(encoder);
+            self.image_load = report;
             self.loaded_at = Some(SystemTime::now());
         }
         Ok(self.encoder.as_mut().expect("encoder was just set"))
@@ -100,9 +127,7 @@ impl BackendState {
 
     /// The text tower and tokenizer for `request`, loaded on first use like the image tower.
     fn text_encoder(&mut self, request: &ImageRequest) -> Result<&mut (Tower, ClipTokenizer)> {
-        let current = self.text.as_ref().is_some_and(|(t, _)| {
-            t.key.model_dir == request.model_dir && t.key.intra_op_threads == request.intra_op_threads
-        });
+        let current = self.text.as_ref().is_some_and(|(t, _)| request.wants(t, Precision::Fp32));
         if !current {
             self.text = None;
             self.cache.clear();
@@ -116,7 +141,14 @@ impl BackendState {
             model.verify_file(&vocab)?;
             let tokenizer = ClipTokenizer::from_path(&model.file_path(&vocab)?)?;
             let runtime = runtime::runtime(&request.runtime_path)?;
-            let tower = Tower::load(runtime, model, TowerKind::Text, request.intra_op_threads)?;
+            let (tower, _) = Tower::load(
+                runtime,
+                model,
+                TowerKind::Text,
+                Precision::Fp32,
+                request.intra_op_threads,
+                &request.sharing,
+            )?;
             self.warn_if_random(&tower);
             self.text = Some((tower, tokenizer));
         }
@@ -231,6 +263,7 @@ pub struct ModelInfo {
     pub onnxruntime_version: Option<String>,
     pub intra_op_threads: usize,
     pub text_loaded: bool,
+    pub image_load: LoadReport,
     pub stats: Stats,
 }
 
@@ -263,6 +296,7 @@ pub fn model_info(request: &ImageRequest) -> Result<ModelInfo> {
         onnxruntime_version: runtime.map(|r| r.version.clone()),
         intra_op_threads: request.intra_op_threads,
         text_loaded: state.text.is_some(),
+        image_load: if loaded.is_some() { state.image_load.clone() } else { LoadReport::default() },
         stats: state.stats.clone(),
     })
 }
