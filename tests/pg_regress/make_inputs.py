@@ -92,6 +92,8 @@ target.unlink()
 raw = bytearray((good_model / (manifest["image"]["onnx"] + ".data")).read_bytes())
 raw[len(raw) // 2] ^= 0xFF
 target.write_bytes(raw)
+# A model that offers no int8 image tower.
+model_copy("no_int8", lambda m: m.pop("image_int8", None))
 # A manifest that is not JSON.
 d = model_copy("bad_manifest")
 (d / "manifest.json").write_text("{ this is not json")
@@ -107,10 +109,16 @@ m = json.loads((d / "manifest.json").read_text())
 m["files"][manifest["image"]["onnx"]] = {"sha256": hashlib.sha256(junk).hexdigest(), "bytes": len(junk)}
 (d / "manifest.json").write_text(json.dumps(m, indent=1))
 
+# An empty directory the server may write prepared models into (07/08_shared_*).
+prepared = out / "prepared"
+shutil.rmtree(prepared, ignore_errors=True)
+prepared.mkdir()
+
 for root, dirs, files in os.walk(out):
     os.chmod(root, 0o755)
     for f in files:
         p = os.path.join(root, f)
         if not os.path.islink(p):
             os.chmod(p, 0o644)
+os.chmod(prepared, 0o777)
 print(f"pg_regress inputs in {out}")

@@ -1,0 +1,83 @@
+"""Memory benchmark: N backends each embedding the same photos, with the weights shared through a prepared model
+file, against N backends with private sessions, in the same run; plus int8 latency and fidelity.
+Run by scripts/bench_memory.sh (which starts the server). Reads each backend's /proc/PID/smaps_rollup, so it must
+run on the server's machine as root or the server's user.
+
+usage: bench_memory.py DSN BACKENDS ROUNDS IMAGE...
+"""
+import re
+import statistics
+import sys
+import time
+
+import psycopg
+
+dsn, backends, rounds, images = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
+photos = [open(p, "rb").read() for p in images]
+
+
+def memory(pid):
+    rollup = open(f"/proc/{pid}/smaps_rollup").read()
+    field = lambda name: int(re.search(rf"^{name}:\s+(\d+)", rollup, re.M).group(1)) / 1024
+    return {"pss": field("Pss"), "private": field("Private_Clean") + field("Private_Dirty"), "rss": field("Rss")}
+
+
+def run(settings):
+    conns = [psycopg.connect(dsn, autocommit=True) for _ in range(backends)]
+    pids = []
+    for conn in conns:
+        conn.execute("SET client_min_messages = error")
+        conn.execute("SET pg_clip.embedding_cache_size = 0")
+        for name, value in settings.items():
+            conn.execute(f"SET {name} = {value}")
+        pids.append(conn.execute("SELECT pg_backend_pid()").fetchone()[0])
+    # Load one backend after another (the first may prepare the shared file), then warm each up.
+    for conn in conns:
+        for photo in photos[:2]:
+            conn.execute("SELECT clip_embed_bytes(%s)", (photo,))
+    latencies = []
+    for _ in range(rounds):
+        for conn in conns:
+            for photo in photos:
+                started = time.perf_counter()
+                conn.execute("SELECT clip_embed_bytes(%s)", (photo,)).fetchone()
+                latencies.append((time.perf_counter() - started) * 1e3)
+    info = conns[-1].execute("SELECT load_mode, model_private_mb FROM clip_model_info()").fetchone()
+    mem = [memory(pid) for pid in pids]
+    vectors = [conns[0].execute("SELECT clip_embed_bytes(%s)::text", (p,)).fetchone()[0] for p in photos]
+    for conn in conns:
+        conn.close()
+    return {"latency_p50": statistics.median(latencies), "mem": mem, "mode": info[0], "vectors": vectors}
+
+
+shared = run({"pg_clip.share_model_weights": "on"})
+private = run({"pg_clip.share_model_weights": "off"})
+int8 = run({"pg_clip.share_model_weights": "on", "pg_clip.image_precision": "int8"})
+
+with psycopg.connect(dsn, autocommit=True) as conn:
+    cos = [1 - conn.execute("SELECT %s::vector <=> %s::vector", (a, b)).fetchone()[0]
+           for a, b in zip(shared["vectors"], int8["vectors"])]
+
+def line(name, r):
+    pss = sum(m["pss"] for m in r["mem"])
+    priv = [m["private"] for m in r["mem"]]
+    print(f"{name:34} {r['mode']:>18} {pss:10.0f} {statistics.median(priv):12.0f} {max(priv):10.0f} {r['latency_p50']:10.1f}")
+
+print(f"\n{backends} backends, {len(photos)} photos x {rounds} rounds each (latency: one query at a time, round trip included)")
+print(f"{'':34} {'load mode':>18} {'total PSS':>10} {'private p50':>12} {'private max':>10} {'ms p50':>10}   (MB)")
+line("shared weights (default)", shared)
+line("private sessions", private)
+line("int8 image tower, shared", int8)
+one_private = statistics.median(m["private"] for m in private["mem"])
+total_shared = sum(m["pss"] for m in shared["mem"])
+extra = statistics.median(m["private"] for m in shared["mem"][1:])
+same = shared["vectors"] == private["vectors"]
+print("\ngoals (same run):")
+def goal(name, value, limit, ok):
+    print(f"  {name:58} {value:>12}   goal {limit:<12} {'met' if ok else 'NOT MET'}")
+goal(f"total PSS of {backends} shared backends / one private backend", f"{total_shared / one_private:.2f}x", "<= 1.5x", total_shared / one_private <= 1.5)
+goal("private memory per extra shared backend", f"{extra:.0f} MB", "<= 80 MB", extra <= 80)
+goal("warm latency shared / private", f"{shared['latency_p50'] / private['latency_p50']:.3f}", "<= 1.05", shared["latency_p50"] / private["latency_p50"] <= 1.05)
+goal("int8 speed-up over fp32 (shared)", f"{shared['latency_p50'] / int8['latency_p50']:.2f}x", ">= 2x", shared["latency_p50"] / int8["latency_p50"] >= 2)
+print(f"  shared and private vectors identical: {same}; int8 vs fp32 1-cos: mean {1 - statistics.mean(cos):.2e}, max {1 - min(cos):.2e}")
+print("  (RANDOM-weight model with clip-ViT-B-32's architecture: memory and speed are the real model's)")
