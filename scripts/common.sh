@@ -41,7 +41,11 @@ install_extension() {
   share=$("$PG_CONFIG" --sharedir)/pg_clip
   pkglib=$("$PG_CONFIG" --pkglibdir)/pg_clip
   mkdir -p "$share" "$pkglib"
-  install -m 0644 "$(ort_lib)" "$pkglib/libonnxruntime.so"
+  # Replace the library by rename, never in place: running backends have the old one mapped.
+  local lib; lib=$(ort_lib)
+  if ! cmp -s "$lib" "$pkglib/libonnxruntime.so"; then
+    install -m 0644 "$lib" "$pkglib/.libonnxruntime.so.new" && mv -f "$pkglib/.libonnxruntime.so.new" "$pkglib/libonnxruntime.so"
+  fi
   # Copy the model only when it changed (it is 600 MB): compare manifests.
   if ! cmp -s "$MODEL_DIR/manifest.json" "$share/model/manifest.json"; then
     rm -rf "$share/model.new" && cp -r "$MODEL_DIR" "$share/model.new"
