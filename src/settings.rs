@@ -10,7 +10,7 @@ use pgrx::PostgresGucEnum;
 use std::ffi::{CStr, CString};
 use std::path::PathBuf;
 
-use crate::image::{ImageLimits, PreprocessConfig};
+use crate::image::ImageLimits;
 use crate::model::encoder::{Precision, WeightSharing};
 
 #[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
@@ -199,12 +199,6 @@ pub fn weight_sharing() -> WeightSharing {
 /// Whether EXIF orientation is applied; the rest of the preprocessing comes from the model manifest.
 pub fn exif_orientation() -> bool {
     EXIF_ORIENTATION.get()
-}
-
-/// Preprocessing for a model: the manifest's constants plus the settings that may change them.
-pub fn preprocess_config(mut from_manifest: PreprocessConfig) -> PreprocessConfig {
-    from_manifest.apply_exif_orientation = exif_orientation();
-    from_manifest
 }
 
 fn share_dir() -> PathBuf {

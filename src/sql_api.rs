@@ -7,12 +7,12 @@ use pgrx::{PgLogLevel, PgSqlErrorCode};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use crate::error::{PgClipError, Result};
-use crate::model::{self, ImageRequest};
+use crate::model::{self, EmbedRequest};
 use crate::pgvector::Vector;
 use crate::settings;
 
-fn image_request() -> ImageRequest {
-    ImageRequest {
+fn embed_request() -> EmbedRequest {
+    EmbedRequest {
         model_dir: settings::model_path(),
         runtime_path: settings::onnxruntime_path(),
         intra_op_threads: settings::intra_op_threads(),
@@ -78,14 +78,14 @@ fn clip_embed_text(query: &str, fcinfo: pg_sys::FunctionCallInfo) -> Vector {
 fn embed_at_call_site(
     fcinfo: pg_sys::FunctionCallInfo,
     function: &'static str,
-    embed: impl FnOnce(&ImageRequest) -> Result<std::sync::Arc<[f32]>>,
+    embed: impl FnOnce(&EmbedRequest) -> Result<std::sync::Arc<[f32]>>,
 ) -> Vector {
     // SAFETY: fcinfo is the live call info pgrx passes to the calling #[pg_extern] function.
     if let Some(values) = unsafe { call_site::cached(fcinfo) } {
         model::record_cache_hit();
         return Vector(values);
     }
-    let request = image_request();
+    let request = embed_request();
     let result = guarded(function, || embed(&request));
     emit_pending_warning();
     match result {
@@ -178,7 +178,7 @@ fn clip_model_info() -> TableIterator<
         name!(model_private_mb, Option<f64>),
     ),
 > {
-    let request = image_request();
+    let request = embed_request();
     let info = match guarded("clip_model_info", || model::model_info(&request)) {
         Ok(info) => info,
         Err(e) => raise(e, "clip_model_info"),

@@ -1,5 +1,5 @@
 //! Model files, the ONNX Runtime session per backend, and the image embedding pipeline built on them.
-//! No SQL here: `sql_api` reads the settings into `ImageRequest` and maps errors.
+//! No SQL here: `sql_api` reads the settings into `EmbedRequest` and maps errors.
 
 pub mod cache;
 pub mod encoder;
@@ -20,9 +20,9 @@ use cache::EmbeddingCache;
 use encoder::{ImageEncoder, LoadReport, Precision, Tower, TowerKind, WeightSharing};
 use manifest::ModelDir;
 
-/// Everything an image embedding depends on besides the bytes, as read from the settings.
+/// Everything an embedding (image or text) depends on besides the input, as read from the settings.
 #[derive(Debug, Clone)]
-pub struct ImageRequest {
+pub struct EmbedRequest {
     pub model_dir: PathBuf,
     pub runtime_path: PathBuf,
     pub intra_op_threads: usize,
@@ -34,7 +34,7 @@ pub struct ImageRequest {
     pub sharing: WeightSharing,
 }
 
-impl ImageRequest {
+impl EmbedRequest {
     /// Whether a loaded tower is the one this request asks for (else it is replaced).
     fn wants(&self, tower: &Tower, precision: Precision) -> bool {
         tower.key.model_dir == self.model_dir
@@ -96,7 +96,7 @@ impl BackendState {
 
     /// The encoder for `request`, loading it (lazily, once) or replacing it when the model directory or
     /// thread count changed since it was loaded.
-    fn encoder(&mut self, request: &ImageRequest) -> Result<&mut ImageEncoder> {
+    fn encoder(&mut self, request: &EmbedRequest) -> Result<&mut ImageEncoder> {
         let current = self.encoder.as_ref().is_some_and(|e| request.wants(e, request.precision));
         if !current {
             self.encoder = None;
@@ -126,7 +126,7 @@ impl BackendState {
     }
 
     /// The text tower and tokenizer for `request`, loaded on first use like the image tower.
-    fn text_encoder(&mut self, request: &ImageRequest) -> Result<&mut (Tower, ClipTokenizer)> {
+    fn text_encoder(&mut self, request: &EmbedRequest) -> Result<&mut (Tower, ClipTokenizer)> {
         let current = self.text.as_ref().is_some_and(|(t, _)| request.wants(t, Precision::Fp32));
         if !current {
             self.text = None;
@@ -158,7 +158,7 @@ impl BackendState {
 
 /// Embeds one text: CLIP BPE tokens (truncated to the context length, as OpenAI's clip.tokenize does),
 /// the text tower, L2-normalised. Repeated texts come from the cache.
-pub fn embed_text(text: &str, request: &ImageRequest) -> Result<Arc<[f32]>> {
+pub fn embed_text(text: &str, request: &EmbedRequest) -> Result<Arc<[f32]>> {
     if text.trim().is_empty() {
         return Err(crate::error::PgClipError::EmptyInput { what: "text" });
     }
@@ -197,7 +197,7 @@ pub fn embed_text(text: &str, request: &ImageRequest) -> Result<Arc<[f32]>> {
 }
 
 /// Embeds one encoded image: decode, preprocess, infer, L2-normalise. Repeated inputs come from the cache.
-pub fn embed_image(bytes: &[u8], request: &ImageRequest) -> Result<Arc<[f32]>> {
+pub fn embed_image(bytes: &[u8], request: &EmbedRequest) -> Result<Arc<[f32]>> {
     let mut state = state();
     state.cache.set_capacity(request.cache_size);
     let encoder = state.encoder(request)?;
@@ -237,7 +237,7 @@ pub fn record_cache_hit() {
 }
 
 /// Everything besides the input bytes that changes the result, folded into the cache key.
-fn cache_context(encoder: &ImageEncoder, request: &ImageRequest) -> u64 {
+fn cache_context(encoder: &ImageEncoder, request: &EmbedRequest) -> u64 {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     encoder.key.model_dir.hash(&mut hasher);
     encoder.key.onnx_sha256.hash(&mut hasher);
@@ -269,7 +269,7 @@ pub struct ModelInfo {
 
 /// Describes the model in force for `request` without loading it: reads only the manifest. When this
 /// backend has it loaded, adds the load time and counters.
-pub fn model_info(request: &ImageRequest) -> Result<ModelInfo> {
+pub fn model_info(request: &EmbedRequest) -> Result<ModelInfo> {
     let state = state();
     let loaded = state
         .encoder
