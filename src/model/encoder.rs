@@ -8,6 +8,7 @@ use ort::value::TensorRef;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
+use super::checksum::ChecksumMemo;
 use super::manifest::ModelDir;
 use super::prepared::{Lookup, PreparedSlot, DATA_FILE};
 use super::runtime::{panic_message, with_signals_blocked, Runtime};
@@ -152,8 +153,12 @@ impl Tower {
         let anonymous_before = anonymous_memory_kb();
         // The source files are verified on every load, also when a prepared copy will be used: a model
         // directory whose files do not match its manifest is reported, never quietly papered over.
+        let memo = match sharing {
+            WeightSharing::Shared { cache_dir } if cache_dir.is_dir() => ChecksumMemo::in_dir(Some(cache_dir)),
+            _ => ChecksumMemo::default(),
+        };
         for name in model.graph_files(onnx) {
-            model.verify_file(&name)?;
+            model.verify_file(&name, &memo)?;
         }
         let load_private = || -> Result<Session> {
             // Extended, not All: All adds NCHWc layouts whose block size depends on the CPU; Extended keeps

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use super::checksum::ChecksumMemo;
 use crate::error::{PgClipError, Result};
 use crate::image::PreprocessConfig;
 
@@ -142,12 +143,12 @@ impl ModelDir {
 
     /// Verifies a listed file's SHA-256 against the manifest. Costs one read of the file (about 0.2 s for the
     /// 350 MB image tower with SHA-NI), which also warms the page cache for the load that follows.
-    pub fn verify_file(&self, name: &str) -> Result<()> {
+    pub fn verify_file(&self, name: &str, memo: &ChecksumMemo) -> Result<()> {
         let entry = self.manifest.files.get(name).ok_or_else(|| {
             PgClipError::model_invalid("model manifest", format!("{name} is not listed under \"files\""))
         })?;
         let path = self.file_path(name)?;
-        let actual = sha256_file(&path)?;
+        let actual = memo.checksum("sha256", &path, sha256_file)?;
         if !actual.eq_ignore_ascii_case(&entry.sha256) {
             return Err(PgClipError::model_invalid(
                 format!("model file {}", path.display()),

@@ -2,6 +2,7 @@
 //! No SQL here: `sql_api` reads the settings into `EmbedRequest` and maps errors.
 
 pub mod cache;
+pub mod checksum;
 pub mod encoder;
 pub mod manifest;
 pub mod prepared;
@@ -138,7 +139,7 @@ impl BackendState {
                     "its manifest names no text tower with a bpe_vocab file",
                 )
             })?;
-            model.verify_file(&vocab)?;
+            model.verify_file(&vocab, &checksum::ChecksumMemo::default())?;
             let tokenizer = ClipTokenizer::from_path(&model.file_path(&vocab)?)?;
             let runtime = runtime::runtime(&request.runtime_path)?;
             let (tower, _) = Tower::load(

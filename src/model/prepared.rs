@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use super::checksum::ChecksumMemo;
 use crate::error::{PgClipError, Result};
 
 pub const GRAPH_FILE: &str = "model.onnx";
@@ -82,6 +83,11 @@ impl PreparedSlot {
         }
     }
 
+    /// Checksums remembered beside the slots, so unchanged files are not hashed by every backend.
+    pub fn memo(&self) -> ChecksumMemo {
+        ChecksumMemo::in_dir(self.dir.parent())
+    }
+
     pub fn graph_path(&self) -> PathBuf {
         self.dir.join(GRAPH_FILE)
     }
@@ -129,7 +135,7 @@ impl PreparedSlot {
             if actual != bytes {
                 return Ok(Some(format!("{name} is {actual} bytes, {bytes} were written")));
             }
-            if &blake3_file(&path)? != sha {
+            if &self.memo().checksum("blake3", &path, blake3_file)? != sha {
                 return Ok(Some(format!("{name} does not match the checksum recorded when it was written")));
             }
         }
