@@ -192,9 +192,11 @@ def ort_session(path: Path, tower: str, f: Failures):
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     (inp,), (out,) = sess.get_inputs(), sess.get_outputs()
     want_in, want_out = export.tower_io(tower)
-    shape_in = [3, export.IMAGE_SIZE, export.IMAGE_SIZE] if tower == "image" else [export.CONTEXT_LENGTH]
+    # Text: the sequence axis is dynamic (export revision 2) or, in older exports, fixed at 77.
+    shape_ok = (inp.shape[1:] == [3, export.IMAGE_SIZE, export.IMAGE_SIZE] if tower == "image"
+                else len(inp.shape) == 2 and (isinstance(inp.shape[1], str) or inp.shape[1] == export.CONTEXT_LENGTH))
     type_in = "tensor(float)" if tower == "image" else "tensor(int64)"
-    f.check(inp.name == want_in and inp.type == type_in and isinstance(inp.shape[0], str) and inp.shape[1:] == shape_in,
+    f.check(inp.name == want_in and inp.type == type_in and isinstance(inp.shape[0], str) and shape_ok,
             f"{path.name}: input {inp.name} {inp.type} {inp.shape}")
     f.check(out.name == want_out and out.type == "tensor(float)" and out.shape[1:] == [export.EMBEDDING_DIM],
             f"{path.name}: output {out.name} {out.type} {out.shape}")
@@ -278,6 +280,14 @@ def check_text_tower(model, model_dir: Path, manifest: dict, f: Failures) -> Non
     print(f"  zero- vs eot-padded 'a photo of a cat' (ORT): cos {pad:.7f}; cat vs dog: {cosine(got[0], got[2]):.4f}")
     f.check(pad >= MIN_COSINE, "padding id changes the text embedding (EOS pooling or causal mask is wrong)")
     f.check(cosine(got[0], got[2]) < MIN_COSINE, "'cat' and 'dog' embed the same: text embeddings collapsed")
+    if isinstance(sess.get_inputs()[0].shape[1], str):
+        # What the extension feeds: only the tokens up to the first <|endoftext|>, no padding.
+        trimmed = np.concatenate([
+            sess.run(["text_embeds"], {"input_ids": s[None, :int(np.argmax(s == 49407)) + 1]})[0] for _, s in seqs])
+        cos_trim = cosine(trimmed, want)
+        print(f"  trimmed to <|endoftext|> (as the extension runs it) vs torch padded: min cos {cos_trim.min():.7f}")
+        for i, (name, _) in enumerate(seqs):
+            f.check(cos_trim[i] >= MIN_COSINE, f"text {name}: cosine {cos_trim[i]:.7f} < {MIN_COSINE} (trimmed)")
 
 
 def run_fidelity(model_dir: Path, checkpoint: Path | None, f: Failures) -> None:

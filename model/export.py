@@ -399,6 +399,11 @@ def export_tower(clip: CLIPModel, tower: str) -> onnx.ModelProto:
     input_name, output_name = tower_io(tower)
     module = tower_module(clip, tower)
     batch = torch.export.Dim("batch", min=1, max=4096)
+    # The text tower's sequence axis is dynamic too: the encoder is causal and pools at the first
+    # <|endoftext|>, so feeding only the tokens up to it gives the same embedding as the 77-token padded input
+    # at a fraction of the cost (a 4-token query: ~1/19 of the work).
+    sequence = torch.export.Dim("sequence", min=2, max=CONTEXT_LENGTH)
+    dynamic = {0: batch} if tower == "image" else {0: batch, 1: sequence}
     with torch.no_grad(), warnings.catch_warnings(), _quiet_exporter():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
@@ -408,7 +413,7 @@ def export_tower(clip: CLIPModel, tower: str) -> onnx.ModelProto:
             opset_version=OPSET,
             input_names=[input_name],
             output_names=[output_name],
-            dynamic_shapes=({0: batch},),
+            dynamic_shapes=(dynamic,),
             optimize=True,  # onnxscript optimizer: constant folding, dead-code elimination, common subexpressions
             verbose=False,
         )
@@ -538,10 +543,15 @@ def bpe_vocab_path() -> Path:
     return path
 
 
+# Bumped when the exported graphs change shape or content for the same inputs, so that the up-to-date check
+# re-exports older directories. 2: the text tower's sequence axis is dynamic.
+TOOL_REVISION = 2
+
+
 def versions() -> dict:
     # Distribution versions (importlib.metadata), so that the up-to-date check needs no heavy import.
-    return {"tool": TOOL, "torch": _dist_version("torch"), "transformers": _dist_version("transformers"),
-            "onnx": _dist_version("onnx"), "opset": OPSET}
+    return {"tool": TOOL, "tool_revision": TOOL_REVISION, "torch": _dist_version("torch"),
+            "transformers": _dist_version("transformers"), "onnx": _dist_version("onnx"), "opset": OPSET}
 
 
 def manifest_core(seed: int | None, ckpt: Checkpoint | None, source_sha256: str | None) -> dict:

@@ -52,6 +52,9 @@ pub struct Tower {
     /// Elements of one input item: 3*crop*crop pixels, or the context length in tokens.
     item_len: usize,
     item_shape: Vec<i64>,
+    /// The text graph accepts any sequence length (model/export.py revision 2): run only the tokens up to
+    /// <|endoftext|>. Older exports fix it at the context length: run the padded row.
+    dynamic_sequence: bool,
     embedding_dim: usize,
 }
 
@@ -235,6 +238,7 @@ impl Tower {
             output_name: output_name.clone(),
             item_len: item_shape.iter().product::<i64>() as usize,
             item_shape,
+            dynamic_sequence: kind == TowerKind::Text && has_dynamic_axis(&session, input_name, 1),
             embedding_dim,
             model,
             session,
@@ -259,8 +263,20 @@ impl Tower {
     }
 
     /// Runs the text tower on `batch` token-id rows of the context length.
-    pub fn embed_tokens(&mut self, ids: &[i64], batch: usize) -> Result<Vec<Vec<f32>>> {
-        self.run(ids, batch)
+    /// Runs the text tower on one row of token ids of the context length (as `clip.tokenize` makes them).
+    /// With a dynamic sequence axis only the ids up to the first <|endoftext|> run: the encoder is causal and
+    /// pools at that token, so the padding after it cannot change the embedding, and a 4-token query then
+    /// costs about a twentieth of the full context.
+    pub fn embed_tokens(&mut self, ids: &[i64]) -> Result<Vec<f32>> {
+        let end = crate::tokenizer::END_OF_TEXT as i64;
+        let used = if self.dynamic_sequence {
+            ids.iter().position(|&id| id == end).map_or(ids.len(), |i| i + 1)
+        } else {
+            ids.len()
+        };
+        let shape = vec![used as i64];
+        let mut rows = self.run_shaped(&ids[..used], 1, &shape)?;
+        Ok(rows.pop().expect("one embedding per row"))
     }
 
     fn run<T: ort::value::PrimitiveTensorElementType + Clone + std::fmt::Debug + 'static>(
@@ -268,12 +284,23 @@ impl Tower {
         items: &[T],
         batch: usize,
     ) -> Result<Vec<Vec<f32>>> {
+        let item_shape = self.item_shape.clone();
+        self.run_shaped(items, batch, &item_shape)
+    }
+
+    fn run_shaped<T: ort::value::PrimitiveTensorElementType + Clone + std::fmt::Debug + 'static>(
+        &mut self,
+        items: &[T],
+        batch: usize,
+        item_shape: &[i64],
+    ) -> Result<Vec<Vec<f32>>> {
         let context = self.kind.inference_context();
-        if batch == 0 || items.len() != batch * self.item_len {
+        let item_len = item_shape.iter().product::<i64>() as usize;
+        if batch == 0 || items.len() != batch * item_len {
             return Err(PgClipError::runtime(context, format!("got {} values for a batch of {batch}", items.len())));
         }
         let mut shape = vec![batch as i64];
-        shape.extend_from_slice(&self.item_shape);
+        shape.extend_from_slice(item_shape);
         let dim = self.embedding_dim;
         let input_name = self.input_name.as_str();
         let output_name = self.output_name.as_str();
@@ -349,6 +376,14 @@ fn check_outlet(
         ));
     }
     Ok(())
+}
+
+/// Whether the named input's `axis` is free (-1) in the graph.
+fn has_dynamic_axis(session: &Session, input: &str, axis: usize) -> bool {
+    session.inputs().iter().find(|o| o.name() == input).is_some_and(|o| match o.dtype() {
+        ort::value::ValueType::Tensor { shape, .. } => shape.get(axis).is_some_and(|d| *d < 0),
+        _ => false,
+    })
 }
 
 /// "float32 [batch, 512]" rather than the runtime's Debug output.

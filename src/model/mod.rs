@@ -188,7 +188,7 @@ pub fn embed_text(text: &str, request: &EmbedRequest) -> Result<Arc<[f32]>> {
     let started = Instant::now();
     let (tower, tokenizer) = state.text.as_mut().expect("text tower loaded above");
     let ids = tokenizer.tokenize(text, tower.tensor_len());
-    let mut embedding = tower.embed_tokens(&ids, 1)?.pop().expect("one embedding per text");
+    let mut embedding = tower.embed_tokens(&ids)?;
     crate::pgvector::l2_normalize(&mut embedding);
     let embedding: Arc<[f32]> = Arc::from(embedding);
     state.stats.inferences += 1;
