@@ -64,7 +64,9 @@ cluster_start() {  # $1 = name (dir under target/clusters), $2 = port
     as_pg "$PG_BIN/initdb" -D "$dir/data" -U postgres --auth=trust --no-sync >/dev/null
   fi
   if ! as_pg "$PG_BIN/pg_ctl" -D "$dir/data" status >/dev/null 2>&1; then
-    as_pg "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w \
+    # Without RUST_BACKTRACE, as a production server runs: pgrx would add a Rust backtrace to the DETAIL of
+    # errors that pass through Rust frames (query cancel during a download, for one).
+    as_pg env -u RUST_BACKTRACE -u RUST_LIB_BACKTRACE "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w \
       -o "-p $port -k $dir -c listen_addresses=''" start >/dev/null
   fi
   export PGHOST=$dir PGPORT=$port PGUSER=postgres

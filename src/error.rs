@@ -40,6 +40,37 @@ pub enum PgClipError {
     /// ONNX Runtime failed while running a model that loaded fine, or an OS call failed.
     #[error("{context}: {reason}")]
     Runtime { context: &'static str, reason: String },
+
+    /// A setting's value cannot be used (e.g. a malformed network in pg_clip.allowed_private_networks).
+    #[error("invalid value for {setting}: {reason}")]
+    BadSetting { setting: &'static str, reason: String },
+
+    /// A URL that does not parse, or whose scheme is not http or https.
+    #[error("invalid URL {url}: {reason}")]
+    InvalidUrl { url: String, reason: String },
+
+    /// The fetch policy refuses the URL: an address class (loopback, private, metadata, ...), a host
+    /// outside pg_clip.allowed_hosts, or a redirect to either. Checked on every hop and on the address
+    /// actually connected to.
+    #[error("fetching {url}: refused: {reason}")]
+    FetchRefused { url: String, reason: String, hint: Option<String> },
+
+    /// DNS, connect, TLS, a timeout, or a connection cut mid-body.
+    #[error("fetching {url}: {reason}")]
+    FetchNetwork { url: String, reason: String },
+
+    /// The server answered with a status other than 2xx (after retries, for 5xx).
+    #[error("fetching {url}: HTTP {status}{}", if reason.is_empty() { String::new() } else { format!(" {reason}") })]
+    FetchStatus { url: String, status: u16, reason: String },
+
+    /// The response is larger than pg_clip.max_image_bytes (declared or counted while streaming), or a
+    /// redirect chain is longer than pg_clip.fetch_max_redirects.
+    #[error("fetching {url}: {what}")]
+    FetchLimit { url: String, what: String, setting: &'static str },
+
+    /// A download that arrived but is not a usable image: `inner` says why (22P03, 0A000, 54000 ...).
+    #[error("fetching {url}: {inner}")]
+    Fetched { url: String, status: u16, inner: Box<PgClipError> },
 }
 
 impl PgClipError {
@@ -66,6 +97,13 @@ impl PgClipError {
             PgClipError::FileNotFound { .. } => ERRCODE_UNDEFINED_FILE,        // 58P01
             PgClipError::ModelInvalid { .. } => ERRCODE_CONFIG_FILE_ERROR,     // F0000
             PgClipError::Runtime { .. } => ERRCODE_SYSTEM_ERROR,               // 58000
+            PgClipError::BadSetting { .. } => ERRCODE_INVALID_PARAMETER_VALUE, // 22023
+            PgClipError::InvalidUrl { .. } => ERRCODE_INVALID_PARAMETER_VALUE, // 22023
+            PgClipError::FetchRefused { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE, // 42501
+            PgClipError::FetchNetwork { .. } => ERRCODE_CONNECTION_FAILURE,    // 08006
+            PgClipError::FetchStatus { .. } => ERRCODE_EXTERNAL_ROUTINE_EXCEPTION, // 38000
+            PgClipError::FetchLimit { .. } => ERRCODE_PROGRAM_LIMIT_EXCEEDED,  // 54000
+            PgClipError::Fetched { inner, .. } => inner.sqlstate(),
         }
     }
 
@@ -79,6 +117,32 @@ impl PgClipError {
             PgClipError::FileNotFound { .. } => "58P01",
             PgClipError::ModelInvalid { .. } => "F0000",
             PgClipError::Runtime { .. } => "58000",
+            PgClipError::BadSetting { .. } => "22023",
+            PgClipError::InvalidUrl { .. } => "22023",
+            PgClipError::FetchRefused { .. } => "42501",
+            PgClipError::FetchNetwork { .. } => "08006",
+            PgClipError::FetchStatus { .. } => "38000",
+            PgClipError::FetchLimit { .. } => "54000",
+            PgClipError::Fetched { inner, .. } => inner.sqlstate_code(),
+        }
+    }
+
+    /// The HTTP status of the last response, for errors that got one.
+    pub fn http_status(&self) -> Option<u16> {
+        match self {
+            PgClipError::FetchStatus { status, .. } | PgClipError::Fetched { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// Whether trying again later may succeed: network trouble, 5xx, 429 and 408. A backfill records the
+    /// others (404, not an image, refused ...) as permanent and does not retry them unless asked.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            PgClipError::FetchNetwork { .. } => true,
+            PgClipError::FetchStatus { status, .. } => *status >= 500 || *status == 429 || *status == 408,
+            PgClipError::Runtime { .. } => true,
+            _ => false,
         }
     }
 
@@ -89,6 +153,9 @@ impl PgClipError {
                 Some(format!("Raise {setting} if inputs this large are expected."))
             }
             PgClipError::FileNotFound { hint, .. } => hint.clone(),
+            PgClipError::FetchRefused { hint, .. } => hint.clone(),
+            PgClipError::FetchLimit { setting, .. } => Some(format!("Raise {setting} if this is expected.")),
+            PgClipError::Fetched { inner, .. } => inner.hint(),
             _ => None,
         }
     }
@@ -108,6 +175,13 @@ mod tests {
             PgClipError::FileNotFound { what: "model", path: "/nope".into(), hint: None },
             PgClipError::model_invalid("model", "bad"),
             PgClipError::runtime("inference", "bad"),
+            PgClipError::BadSetting { setting: "pg_clip.allowed_hosts", reason: "bad".into() },
+            PgClipError::InvalidUrl { url: "x".into(), reason: "bad".into() },
+            PgClipError::FetchRefused { url: "x".into(), reason: "bad".into(), hint: None },
+            PgClipError::FetchNetwork { url: "x".into(), reason: "bad".into() },
+            PgClipError::FetchStatus { url: "x".into(), status: 404, reason: "Not Found".into() },
+            PgClipError::FetchLimit { url: "x".into(), what: "big".into(), setting: "pg_clip.max_image_bytes" },
+            PgClipError::Fetched { url: "x".into(), status: 200, inner: Box::new(PgClipError::invalid_image("x")) },
         ];
         for e in samples {
             let code = e.sqlstate();

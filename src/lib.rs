@@ -3,12 +3,14 @@
 //!
 //! Module map: `settings` (every GUC), `error` (one error type, SQLSTATEs), `sql_api` (every SQL function,
 //! thin), `pgvector` (the vector varlena), `model` (manifest, ONNX Runtime session per backend, cache),
-//! `image` (decode + CLIP preprocessing, pure), `tokenizer` (CLIP BPE, pure).
+//! `image` (decode + CLIP preprocessing, pure), `tokenizer` (CLIP BPE, pure), `fetch` (URL policy and capped
+//! downloads on the backend's fetch threads, no Postgres).
 use pgrx::prelude::*;
 
 ::pgrx::pg_module_magic!(name, version);
 
 pub mod error;
+pub mod fetch;
 pub mod image;
 pub mod model;
 pub mod pgvector;

@@ -9,6 +9,9 @@ use pgrx::pg_sys;
 use pgrx::PostgresGucEnum;
 use std::ffi::{CStr, CString};
 use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::fetch::{FetchConfig, FetchPolicy};
 
 use crate::image::ImageLimits;
 use crate::model::encoder::{Precision, WeightSharing};
@@ -36,6 +39,17 @@ static SHARE_MODEL_WEIGHTS: GucSetting<bool> = GucSetting::<bool>::new(true);
 static PREPARED_MODEL_DIR: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 static IMAGE_PRECISION: GucSetting<ImagePrecision> = GucSetting::<ImagePrecision>::new(ImagePrecision::Fp32);
 static EMBEDDING_CACHE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(16);
+static ALLOWED_HOSTS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+static ALLOW_PRIVATE_ADDRESSES: GucSetting<bool> = GucSetting::<bool>::new(false);
+static ALLOWED_PRIVATE_NETWORKS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+/// ms. Long enough for a slow TLS handshake across regions, short enough that a dead host costs little.
+static FETCH_CONNECT_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(5_000);
+/// ms, per attempt, body included: a 20 MB photo at 1 MB/s still arrives.
+static FETCH_TIMEOUT_MS: GucSetting<i32> = GucSetting::<i32>::new(30_000);
+static FETCH_RETRIES: GucSetting<i32> = GucSetting::<i32>::new(2);
+static FETCH_MAX_REDIRECTS: GucSetting<i32> = GucSetting::<i32>::new(5);
+/// 16 downloads hide 200 ms of latency behind ~80 ms inferences with room to spare (see the README).
+static FETCH_CONCURRENCY: GucSetting<i32> = GucSetting::<i32>::new(16);
 
 /// Registers the settings. Called from `_PG_init`; does nothing else (no model, no threads).
 pub fn init() {
@@ -139,6 +153,81 @@ pub fn init() {
         GucContext::Userset,
         GucFlags::default(),
     );
+    GucRegistry::define_string_guc(
+        c"pg_clip.allowed_hosts",
+        c"Hosts clip_embed_url may fetch from: names, *.domain patterns or addresses, comma-separated.",
+        c"Empty allows any host whose addresses pass the address policy. Every redirect hop must match too.",
+        &ALLOWED_HOSTS,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"pg_clip.allow_private_addresses",
+        c"Let clip_embed_url connect to loopback, private, link-local and other non-public addresses.",
+        c"Cloud metadata addresses stay refused; list one in pg_clip.allowed_private_networks to reach it.",
+        &ALLOW_PRIVATE_ADDRESSES,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"pg_clip.allowed_private_networks",
+        c"Non-public networks clip_embed_url may connect to, as CIDR (10.1.2.0/24) or addresses, comma-separated.",
+        c"For an internal image store, without opening every private address.",
+        &ALLOWED_PRIVATE_NETWORKS,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"pg_clip.fetch_connect_timeout",
+        c"How long clip_embed_url waits for a TCP (and TLS) connection.",
+        c"",
+        &FETCH_CONNECT_TIMEOUT_MS,
+        100,
+        600_000,
+        GucContext::Userset,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"pg_clip.fetch_timeout",
+        c"How long one download attempt may take, redirects and body included.",
+        c"Query cancel and statement_timeout stop a download sooner.",
+        &FETCH_TIMEOUT_MS,
+        100,
+        3_600_000,
+        GucContext::Userset,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"pg_clip.fetch_retries",
+        c"Further attempts after a timeout, a network error or an HTTP 5xx, 429 or 408, with backoff.",
+        c"",
+        &FETCH_RETRIES,
+        0,
+        10,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"pg_clip.fetch_max_redirects",
+        c"Most redirects one download follows; each hop is checked like the first URL.",
+        c"",
+        &FETCH_MAX_REDIRECTS,
+        0,
+        20,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"pg_clip.fetch_concurrency",
+        c"Downloads clip_embed_urls and clip_backfill keep in flight at once.",
+        c"Memory in flight is bounded by this times pg_clip.max_image_bytes. A batch function's concurrency \
+          argument can only lower it.",
+        &FETCH_CONCURRENCY,
+        1,
+        64,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
     // SAFETY: called from _PG_init, in the backend's main thread, with a static C string.
     unsafe { pg_sys::MarkGUCPrefixReserved(c"pg_clip".as_ptr()) };
 }
@@ -194,6 +283,28 @@ pub fn weight_sharing() -> WeightSharing {
         .map(PathBuf::from)
         .unwrap_or_else(|| data_dir().join("pg_clip").join("prepared"));
     WeightSharing::Shared { cache_dir }
+}
+
+/// Everything a download depends on. A batch function's `concurrency` argument may lower
+/// pg_clip.fetch_concurrency, never raise it: the setting is what bounds a backend's memory in flight.
+pub fn fetch_config(concurrency: Option<i32>) -> crate::error::Result<FetchConfig> {
+    let policy = FetchPolicy {
+        allow_private_addresses: ALLOW_PRIVATE_ADDRESSES.get(),
+        allowed_private_networks: FetchPolicy::parse_networks(
+            &string_setting(&ALLOWED_PRIVATE_NETWORKS).unwrap_or_default(),
+        )?,
+        allowed_hosts: FetchPolicy::parse_hosts(&string_setting(&ALLOWED_HOSTS).unwrap_or_default())?,
+    };
+    let ms = |setting: &GucSetting<i32>| Duration::from_millis(setting.get().max(1) as u64);
+    Ok(FetchConfig {
+        policy,
+        connect_timeout: ms(&FETCH_CONNECT_TIMEOUT_MS),
+        timeout: ms(&FETCH_TIMEOUT_MS),
+        retries: FETCH_RETRIES.get().max(0) as u32,
+        max_redirects: FETCH_MAX_REDIRECTS.get().max(0) as u32,
+        max_bytes: image_limits().max_bytes,
+        concurrency: concurrency.map_or(FETCH_CONCURRENCY.get(), |c| c.min(FETCH_CONCURRENCY.get())).max(1) as usize,
+    })
 }
 
 /// Whether EXIF orientation is applied; the rest of the preprocessing comes from the model manifest.

@@ -7,6 +7,7 @@ use pgrx::{PgLogLevel, PgSqlErrorCode};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use crate::error::{PgClipError, Result};
+use crate::model::url_batch::{self, UrlOutcome};
 use crate::model::{self, EmbedRequest};
 use crate::pgvector::Vector;
 use crate::settings;
@@ -25,10 +26,12 @@ fn embed_request() -> EmbedRequest {
     }
 }
 
-/// Runs the pure core; a panic inside it becomes an error of our own instead of pgrx's XX000.
+/// Runs the pure core; a panic inside it becomes an error of our own instead of pgrx's XX000. An ERROR
+/// raised by Postgres itself inside `f` (query cancel from check_for_interrupts) travels on unchanged.
 fn guarded<T>(context: &'static str, f: impl FnOnce() -> Result<T>) -> Result<T> {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(result) => result,
+        Err(panic) if panic.is::<pgrx::pg_sys::panic::CaughtError>() => std::panic::resume_unwind(panic),
         Err(panic) => {
             Err(PgClipError::runtime(context, format!("internal error: {}", model::runtime::panic_message(&panic))))
         }
@@ -36,7 +39,8 @@ fn guarded<T>(context: &'static str, f: impl FnOnce() -> Result<T>) -> Result<T>
 }
 
 /// Raises `error` as an ERROR with its SQLSTATE, message and hint. Never returns.
-fn raise(error: PgClipError, function: &'static str) -> ! {
+fn raise(error: impl std::borrow::Borrow<PgClipError>, function: &'static str) -> ! {
+    let error = error.borrow();
     let mut report = ErrorReport::new(error.sqlstate(), format!("pg_clip: {error}"), function);
     if let Some(hint) = error.hint() {
         report = report.set_hint(hint);
@@ -217,3 +221,124 @@ fn clip_model_info() -> TableIterator<
 fn clip_unload_model() -> bool {
     model::unload()
 }
+
+/// Embeds URLs through the batch pipeline with the session's settings. The downloads run on the fetch
+/// threads; this thread waits for them in short slices and checks for query cancel and statement_timeout
+/// between slices, so a stalled download stops within about a tenth of a second of the interrupt.
+fn embed_urls_or_raise(
+    urls: &[Option<&str>],
+    prefetch: &[&str],
+    concurrency: Option<i32>,
+    function: &'static str,
+) -> Vec<UrlOutcome> {
+    let request = embed_request();
+    let fetch = settings::fetch_config(concurrency).unwrap_or_else(|e| raise(e, function));
+    let mut poll_interrupts = || {
+        pgrx::check_for_interrupts!();
+    };
+    let result = guarded(function, || url_batch::embed_urls(urls, prefetch, &request, &fetch, &mut poll_interrupts));
+    emit_pending_warning();
+    result.unwrap_or_else(|e| raise(e, function))
+}
+
+/// One URL's outcome as the try-variants return it: the vector, or NULL plus the reason.
+type UrlRow = (Option<Vector>, Option<String>, Option<String>, Option<i32>, i32, Option<bool>);
+
+fn url_row(outcome: UrlOutcome) -> UrlRow {
+    let error = outcome.error.as_deref();
+    (
+        outcome.embedding.map(|e| Vector(e.to_vec())),
+        error.map(|e| e.sqlstate_code().to_string()),
+        error.map(|e| format!("pg_clip: {e}")),
+        outcome.http_status.map(i32::from),
+        outcome.attempts as i32,
+        error.map(|e| e.is_transient()),
+    )
+}
+
+/// CLIP embedding of the image at an http(s) URL: downloaded under the fetch policy and limits
+/// (pg_clip.allowed_hosts, pg_clip.allow_private_addresses, pg_clip.fetch_*, pg_clip.max_image_bytes),
+/// then exactly as clip_embed_bytes. Errors carry a SQLSTATE per class (README, "Errors").
+///
+/// VOLATILE: the same URL may serve different bytes, or fail, from one call to the next. PARALLEL
+/// RESTRICTED as the other embedding functions. COST 100000: a download dwarfs even an inference.
+#[pg_extern(volatile, strict, parallel_restricted, cost = 100000)]
+fn clip_embed_url(url: &str) -> Vector {
+    let outcome = embed_urls_or_raise(&[Some(url)], &[], None, "clip_embed_url").pop().expect("one outcome per URL");
+    match (outcome.embedding, outcome.error) {
+        (Some(embedding), _) => Vector(embedding.to_vec()),
+        (None, Some(error)) => raise(error, "clip_embed_url"),
+        (None, None) => raise(PgClipError::runtime("clip_embed_url", "no embedding and no error"), "clip_embed_url"),
+    }
+}
+
+/// clip_embed_url that never raises for a bad URL: one row with the vector, or a NULL vector plus the
+/// reason (SQLSTATE, message, HTTP status, attempts, and whether a later retry may succeed). For an
+/// UPDATE that must finish while some URLs fail:
+/// `UPDATE t SET (v, err) = (SELECT embedding, error FROM clip_try_embed_url(t.url))`.
+/// Settings and model problems still raise: they concern every row, not this one.
+#[pg_extern(volatile, strict, parallel_restricted, cost = 100000)]
+#[allow(clippy::type_complexity)]
+fn clip_try_embed_url(
+    url: &str,
+) -> TableIterator<
+    'static,
+    (
+        name!(embedding, Option<Vector>),
+        name!(sqlstate, Option<String>),
+        name!(error, Option<String>),
+        name!(http_status, Option<i32>),
+        name!(attempts, i32),
+        name!(transient, Option<bool>),
+    ),
+> {
+    let outcome = embed_urls_or_raise(&[Some(url)], &[], None, "clip_try_embed_url").pop();
+    TableIterator::new(outcome.map(url_row))
+}
+
+/// Embeds many URLs at once: up to pg_clip.fetch_concurrency downloads in flight (`concurrency` may lower
+/// it), decoding on the fetch threads and inference in small batches on this one. One row per element,
+/// `ord` its 1-based position; a failed URL has a NULL embedding and the reason, like clip_try_embed_url.
+/// `prefetch` names the URLs of the caller's next batch: their downloads start now, so the slowest
+/// download of this batch does not leave the CPU idle (clip_backfill uses it). Duplicates are fetched once.
+#[pg_extern(volatile, parallel_restricted, cost = 100000)]
+#[allow(clippy::type_complexity)]
+fn clip_embed_urls(
+    urls: Option<Array<&str>>,
+    concurrency: default!(Option<i32>, "NULL"),
+    prefetch: default!(Option<Array<&str>>, "NULL"),
+) -> TableIterator<
+    'static,
+    (
+        name!(ord, i32),
+        name!(embedding, Option<Vector>),
+        name!(sqlstate, Option<String>),
+        name!(error, Option<String>),
+        name!(http_status, Option<i32>),
+        name!(attempts, i32),
+        name!(transient, Option<bool>),
+    ),
+> {
+    let Some(urls) = urls else { return TableIterator::new(Vec::new()) };
+    let urls: Vec<Option<&str>> = urls.iter().collect();
+    let prefetch: Vec<&str> = prefetch.as_ref().map(|p| p.iter().flatten().collect()).unwrap_or_default();
+    if concurrency.is_some_and(|c| c < 1) {
+        raise(
+            PgClipError::BadSetting { setting: "concurrency", reason: "must be at least 1".into() },
+            "clip_embed_urls",
+        );
+    }
+    let outcomes = embed_urls_or_raise(&urls, &prefetch, concurrency, "clip_embed_urls");
+    let rows: Vec<_> = outcomes
+        .into_iter()
+        .enumerate()
+        .map(|(i, outcome)| {
+            let (embedding, sqlstate, error, status, attempts, transient) = url_row(outcome);
+            (i as i32 + 1, embedding, sqlstate, error, status, attempts, transient)
+        })
+        .collect();
+    TableIterator::new(rows)
+}
+
+// Last in the script: it grants on, and calls, the functions above.
+pgrx::extension_sql_file!("../sql/backfill.sql", name = "backfill", finalize);

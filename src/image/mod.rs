@@ -22,7 +22,7 @@
 #![forbid(unsafe_code)]
 
 mod decode;
-mod format;
+pub(crate) mod format;
 mod jpeg;
 mod orientation;
 mod preprocess;
@@ -31,7 +31,7 @@ mod resize;
 use crate::error::{PgClipError, Result};
 
 /// Resource limits for one image, read from settings at the SQL edge.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ImageLimits {
     /// Largest accepted encoded size (`pg_clip.max_image_bytes`).
     pub max_bytes: usize,

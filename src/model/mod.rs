@@ -7,6 +7,7 @@ pub mod encoder;
 pub mod manifest;
 pub mod prepared;
 pub mod runtime;
+pub mod url_batch;
 
 use once_cell::sync::Lazy;
 use std::hash::{Hash, Hasher};
@@ -304,6 +305,7 @@ pub fn model_info(request: &EmbedRequest) -> Result<ModelInfo> {
 
 /// Drops this backend's session and cache (clip_unload_model()); the next call loads again.
 pub fn unload() -> bool {
+    url_batch::reset();
     let mut state = state();
     state.cache.clear();
     state.loaded_at = None;

@@ -146,6 +146,18 @@ pub fn with_signals_blocked<T>(f: impl FnOnce() -> T) -> T {
     }
 }
 
+/// Blocks every signal in the calling thread for the rest of its life. Threads the fetch runtime starts call
+/// it first thing (they are also created from threads whose mask is already full; this covers any created
+/// otherwise), so that Postgres's handlers only ever run on the backend's own thread.
+pub fn block_all_signals_in_this_thread() {
+    // SAFETY: as in with_signals_blocked; this thread's mask is the only state changed.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
