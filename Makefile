@@ -2,7 +2,7 @@
 #   make demo   - the main job: install, build, make the model, start a local cluster, embed a catalogue, search
 #   make test   - every test (Rust, Python fidelity, pg_regress on a real server)
 # Each target installs what is missing first (scripts/setup.sh), so both work from a clean clone.
-.PHONY: demo test bench bench-memory bench-search setup install model stop clean
+.PHONY: demo test bench bench-memory bench-search bench-fetch setup install model stop clean
 
 demo:
 	scripts/demo.sh
@@ -18,6 +18,9 @@ bench-memory:
 
 bench-search:
 	scripts/bench_search.sh $(IMAGES)
+
+bench-fetch:
+	scripts/bench_fetch.sh $(IMAGES)
 
 setup:
 	scripts/setup.sh

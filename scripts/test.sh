@@ -27,7 +27,16 @@ work=$ROOT/target/pg_clip/regress-inputs
 "$PY" tests/pg_regress/make_inputs.py "$work" "$MODEL_DIR" >/dev/null
 chmod -R a+rX "$ROOT/target/pg_clip"
 cluster_start regress "${REGRESS_PORT:-28833}"
-trap 'cluster_stop regress' EXIT
+# The image host of the URL tests (10_url, 11_backfill, test_backfill.py): the test inputs under /img/ and
+# every way a host misbehaves, on two loopback addresses (one of them is opened alone by the tests).
+# The port is fixed because the expected outputs show URLs.
+http_port=28836
+"$PY" tests/http/server.py --host 127.0.0.1 --host 127.0.0.2 --port $http_port --root "$work" \
+  > target/http-server.log 2>&1 &
+http_pid=$!
+trap 'kill $http_pid 2>/dev/null; cluster_stop regress' EXIT
+for _ in $(seq 100); do grep -q '^listening' target/http-server.log && break; sleep 0.1; done
+grep -q '^listening' target/http-server.log || { cat target/http-server.log >&2; echo "test HTTP server did not start" >&2; exit 1; }
 psql -X -q -c "DROP DATABASE IF EXISTS pg_clip_regress" -c "CREATE DATABASE pg_clip_regress" postgres
 # Where the tests find their inputs: a setting outside the reserved pg_clip prefix.
 psql -X -q -c "ALTER DATABASE pg_clip_regress SET pg_clip_test.inputs = '$work'" postgres
@@ -43,3 +52,7 @@ echo "pg_regress: $n passed, 0 failed"
 
 log "3/3 the example application (psycopg + pgvector adapter) against the same server"
 "$PY" tests/clients/test_search_service.py "host=$PGHOST port=$PGPORT user=postgres dbname=pg_clip_regress" "$work"
+
+log "3/3 URL backfill: killed mid-run, resumed; cancel of stalled downloads (psycopg)"
+PG_CLIP_TEST_HTTP=http://127.0.0.1:$http_port \
+  "$PY" tests/clients/test_backfill.py "host=$PGHOST port=$PGPORT user=postgres dbname=pg_clip_regress"

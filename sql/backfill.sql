@@ -169,6 +169,20 @@ BEGIN
                             AND (a.backend_start IS NULL OR a.backend_start <= r.started_at)));
     SELECT r.pid INTO other_pid FROM @extschema@.clip_backfill_runs r
     WHERE r.relation = target AND r.state = 'running' LIMIT 1;
+    -- A run whose backend was just terminated can linger in pg_stat_activity for a moment while it exits:
+    -- give it up to 5 s to go before calling the table busy.
+    FOR i IN 1..50 LOOP
+        EXIT WHEN other_pid IS NULL;
+        PERFORM pg_catalog.pg_stat_clear_snapshot();
+        EXIT WHEN NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity a WHERE a.pid = other_pid);
+        PERFORM pg_catalog.pg_sleep(0.1);
+    END LOOP;
+    PERFORM pg_catalog.pg_stat_clear_snapshot();
+    IF other_pid IS NOT NULL AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity a WHERE a.pid = other_pid) THEN
+        UPDATE @extschema@.clip_backfill_runs r SET state = 'interrupted', finished_at = r.updated_at
+        WHERE r.relation = target AND r.state = 'running' AND r.pid = other_pid;
+        other_pid := NULL;
+    END IF;
     IF other_pid IS NOT NULL THEN
         RAISE EXCEPTION 'pg_clip: a backfill of % is already running (pid %)', target, other_pid
             USING ERRCODE = '55006', HINT = 'Wait for it, or stop it with pg_cancel_backend(' || other_pid || ').';
