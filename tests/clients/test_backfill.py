@@ -20,26 +20,17 @@ from pathlib import Path
 import psycopg
 from psycopg import errors, sql
 
+import checklist
+
 dsn = sys.argv[1]
 base = os.environ.get("PG_CLIP_TEST_HTTP", "http://127.0.0.1:28836").rstrip("/")
 root = Path(__file__).resolve().parents[2]
 tag = f"bt{os.getpid()}"  # flaky keys unique to this run: a server that was not reset still counts from zero
-passed = failed = 0
-
-
-def check(name, condition, detail=""):
-    global passed, failed
-    if condition:
-        passed += 1
-        print(f"ok   {name}")
-    else:
-        failed += 1
-        print(f"FAIL {name} {detail}")
+from checklist import check
 
 
 def finish():
-    print(f"backfill: {passed} passed, {failed} failed")
-    sys.exit(1 if failed else 0)
+    checklist.finish("backfill")
 
 
 def http(path):

@@ -15,17 +15,7 @@ import psycopg
 dsn, inputs = sys.argv[1], Path(sys.argv[2])
 root = Path(__file__).resolve().parents[2]
 photos = ["astronaut.png", "chelsea.png", "coffee.png", "small.png", "upright.png"]
-passed = failed = 0
-
-
-def check(name, condition, detail=""):
-    global passed, failed
-    if condition:
-        passed += 1
-        print(f"ok   {name}")
-    else:
-        failed += 1
-        print(f"FAIL {name} {detail}")
+from checklist import check, finish
 
 
 with psycopg.connect(dsn, autocommit=True) as conn:
@@ -69,5 +59,4 @@ finally:
     service.terminate()
     service.wait(timeout=10)
 
-print(f"search_service: {passed} passed, {failed} failed")
-sys.exit(1 if failed else 0)
+finish("search_service")
