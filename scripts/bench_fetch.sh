@@ -37,7 +37,7 @@ log "HTTP server: ${#images[@]} photos on 127.0.0.1, ${LATENCY_MS:-200} ms laten
 "$PY" "$ROOT/tests/http/server.py" --host 127.0.0.1 --port "${HTTP_PORT:-0}" --photos "$out/photos" \
   --latency-ms "${LATENCY_MS:-200}" --pidfile "$out/http.pid" > "$out/http.log" 2>&1 &
 http_pid=$!
-trap 'kill "$http_pid" 2>/dev/null || true; cluster_stop bench' EXIT
+trap 'kill "$http_pid" 2>/dev/null || true; cluster_stop "${BENCH_CLUSTER:-bench}"' EXIT
 base=""
 for _ in $(seq 100); do
   base=$(sed -n 's/^listening on \(http:[^ ]*\).*/\1/p' "$out/http.log")

@@ -100,8 +100,9 @@ bench_images() {
 bench_cluster() {
   make_model >/dev/null
   install_extension
-  cluster_start bench "${BENCH_PORT:-28834}"
-  trap 'cluster_stop bench' EXIT
+  # BENCH_CLUSTER/BENCH_PORT: another cluster, for a benchmark that must not stop one still in use.
+  cluster_start "${BENCH_CLUSTER:-bench}" "${BENCH_PORT:-28834}"
+  trap 'cluster_stop "${BENCH_CLUSTER:-bench}"' EXIT
   psql -X -q -c "CREATE DATABASE $1" postgres 2>/dev/null || true
   psql -X -q -c "SET client_min_messages = error" -c "CREATE EXTENSION IF NOT EXISTS pg_clip CASCADE" "$1"
 }
