@@ -30,9 +30,13 @@ cluster_start regress "${REGRESS_PORT:-28833}"
 # The image host of the URL tests (10_url, 11_backfill, test_backfill.py): the test inputs under /img/ and
 # every way a host misbehaves, on two loopback addresses (one of them is opened alone by the tests).
 # The port is fixed because the expected outputs show URLs.
+# Its HTTPS port has a self-signed certificate made here, which pg_clip must refuse (it verifies certificates).
 http_port=28836
+tls=$ROOT/target/pg_clip/tls && mkdir -p "$tls"
+openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 \
+  -keyout "$tls/key.pem" -out "$tls/cert.pem" 2>/dev/null
 "$PY" tests/http/server.py --host 127.0.0.1 --host 127.0.0.2 --port $http_port --root "$work" \
-  > target/http-server.log 2>&1 &
+  --tls-port 28839 --tls-cert "$tls/cert.pem" --tls-key "$tls/key.pem" > target/http-server.log 2>&1 &
 http_pid=$!
 trap 'kill $http_pid 2>/dev/null; cluster_stop regress' EXIT
 for _ in $(seq 100); do grep -q '^listening' target/http-server.log && break; sleep 0.1; done

@@ -5,7 +5,8 @@ answers), on the loopback so nothing leaves the machine. Standard library only, 
 HTTP/1.1 with keep-alive (a fetcher's connection reuse is exercised), one thread per connection (a stalled or
 dripping response ties up only its own connection; hundreds of concurrent connections are fine).
 
-usage: server.py [--host H]... [--port P] [--root DIR] [--photos DIR] [--latency-ms N] [--pidfile F] [--verbose]
+usage: server.py [--host H]... [--port P] [--root DIR] [--photos DIR] [--latency-ms N] [--tls-port P --tls-cert F
+                 --tls-key F] [--pidfile F] [--verbose]
 Prints one line, "listening on http://H:P ...", once every host accepts connections.
 
 Routes (the query string is ignored unless stated):
@@ -372,6 +373,10 @@ def main():
     ap.add_argument("--root", help="directory served under /img/")
     ap.add_argument("--photos", help="directory of the /photos/ benchmark catalogue")
     ap.add_argument("--latency-ms", type=float, default=0, help="added before every response")
+    ap.add_argument("--tls-port", type=int, help="also serve HTTPS on this port (first --host only)")
+    ap.add_argument("--tls-cert", help="certificate (PEM) for --tls-port; a self-signed one is not trusted by "
+                    "pg_clip, which is what the tests check")
+    ap.add_argument("--tls-key", help="its private key (PEM)")
     ap.add_argument("--pidfile")
     ap.add_argument("--verbose", action="store_true", help="log every request to stderr")
     args = ap.parse_args()
@@ -386,6 +391,13 @@ def main():
         server = Server((host, port), Handler)
         port = server.server_address[1]
         servers.append(server)
+    if args.tls_port:
+        import ssl
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(args.tls_cert, args.tls_key)
+        tls = Server((hosts[0], args.tls_port), Handler)
+        tls.socket = context.wrap_socket(tls.socket, server_side=True)
+        servers.append(tls)
     for server in servers:
         threading.Thread(target=server.serve_forever, daemon=True).start()
 
@@ -394,7 +406,8 @@ def main():
     signal.signal(signal.SIGINT, lambda *_: done.set())
     if args.pidfile:
         Path(args.pidfile).write_text(f"{os.getpid()}\n")
-    print("listening on " + " ".join(f"http://{h}:{port}" for h in hosts), flush=True)
+    tls_note = f" https://{hosts[0]}:{args.tls_port}" if args.tls_port else ""
+    print("listening on " + " ".join(f"http://{h}:{port}" for h in hosts) + tls_note, flush=True)
     try:
         while not done.wait(0.5):
             pass

@@ -28,6 +28,10 @@ SELECT clip_test.try($$SELECT clip_embed_url('not a url')$$) AS not_a_url;
 SELECT clip_test.try($$SELECT clip_embed_url('')$$) AS empty_url;
 SELECT clip_test.try($$SELECT clip_embed_url('file:///etc/passwd')$$) AS file_url;
 SELECT clip_test.try($$SELECT clip_embed_url('ftp://127.0.0.1/x.jpg')$$) AS ftp_url;
+-- HTTPS verifies the server's certificate: the test server's self-signed one is refused, and so is a TLS
+-- handshake with a plain HTTP port.
+SELECT regexp_replace(clip_test.try($$SELECT clip_embed_url('https://127.0.0.1:28839/img/coffee.png')$$), 'connect: .*(certificate|Certificate|UnknownIssuer).*', 'connect: ... certificate ...') AS untrusted_certificate;
+SELECT regexp_replace(clip_test.try($$SELECT clip_embed_url('https://127.0.0.1:28836/img/coffee.png')$$), 'connect: .*', 'connect: ...') AS tls_to_plain_http;
 SET pg_clip.max_image_bytes = '100kB';
 SELECT clip_test.try($$SELECT clip_embed_url('http://127.0.0.1:28836/img/astronaut.png')$$) AS over_byte_limit;
 RESET pg_clip.max_image_bytes;
