@@ -153,6 +153,12 @@ BEGIN
     has_version := EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
                            WHERE a.attrelid = target AND a.attname = 'model_version'
                              AND a.attnum > 0 AND NOT a.attisdropped);
+    IF has_version AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
+                                   WHERE a.attrelid = target AND a.attname = 'model_version'
+                                     AND a.atttypid IN ('text'::regtype, 'varchar'::regtype)) THEN
+        RAISE EXCEPTION 'pg_clip: column model_version of table % is not text or varchar', target
+            USING ERRCODE = '42804', HINT = 'clip_backfill writes the model that made each vector there.';
+    END IF;
     -- What made the vectors: the model, the precision, and the start of the ONNX file's SHA-256 (two
     -- checkpoints exported under one name differ there).
     SELECT i.model_version || ' ' || i.precision || ' ' || left(i.image_model_sha256, 12) INTO version

@@ -68,6 +68,8 @@ SELECT clip_test.try($$CALL clip_backfill('clip_test.no_such_table', url_column 
 SELECT clip_test.try($$CALL clip_backfill('clip_test.nokey', url_column => 'photo', vector_column => 'v', key_column => 'sku', batch_size => 0)$$) AS zero_batch;
 SELECT clip_test.try($$CALL clip_backfill('clip_test.nokey; DROP TABLE clip_test.nokey', url_column => 'photo', vector_column => 'v')$$) AS injection_in_table_name;
 SELECT clip_test.try($$CALL clip_backfill('clip_test.nokey', url_column => 'photo"; DROP TABLE clip_test.nokey; --', vector_column => 'v', key_column => 'sku')$$) AS injection_in_column_name;
+CREATE TABLE clip_test.badversion (id int PRIMARY KEY, u text, v vector(512), model_version int);
+SELECT clip_test.try($$CALL clip_backfill('clip_test.badversion', url_column => 'u', vector_column => 'v')$$) AS model_version_not_text;
 SELECT count(*) AS nokey_still_there FROM clip_test.nokey;
 -- Inside a transaction block the procedure cannot commit its batches, and says so.
 BEGIN;
