@@ -143,7 +143,7 @@ fn classify_v6(ip: Ipv6Addr) -> Option<AddressClass> {
         LinkLocal
     } else if s[0] & 0xff00 == 0xff00 {
         Multicast
-    } else if (s[0] == 0x2001 && s[1] == 0x0db8) || (s[0] == 0x2001 && s[1] == 0) || s[..4] == [0x0100, 0, 0, 0] {
+    } else if (s[0] == 0x2001 && (s[1] == 0x0db8 || s[1] == 0)) || s[..4] == [0x0100, 0, 0, 0] {
         Reserved // documentation 2001:db8::/32, Teredo 2001::/32 (tunnels to an IPv4 peer), discard 100::/64
     } else {
         return None;
@@ -304,6 +304,9 @@ fn redact_text(text: &str) -> String {
     }
     shown
 }
+
+/// What runs on a decode thread after each download (the caller's decoding and preprocessing).
+pub type Process<T> = Arc<dyn Fn(&[u8]) -> Result<T> + Send + Sync>;
 
 /// Everything a download depends on, from the settings; one client is kept per distinct value.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -679,7 +682,7 @@ impl Fetcher {
         downloads: &mut Downloads<T>,
         jobs: Vec<(u64, String)>,
         config: &FetchConfig,
-        process: Arc<dyn Fn(&[u8]) -> Result<T> + Send + Sync>,
+        process: Process<T>,
     ) -> Result<()> {
         let client = self.client(config)?;
         if downloads.config.as_ref() != Some(config) {
@@ -1091,7 +1094,7 @@ mod tests {
         let fetcher = Fetcher::get().unwrap();
         let mut downloads = Downloads::default();
         let jobs: Vec<(u64, String)> = (0..6).map(|i| (i, format!("http://127.0.0.1:{port}/img{i}.png"))).collect();
-        let process: Arc<dyn Fn(&[u8]) -> Result<usize> + Send + Sync> = Arc::new(|bytes: &[u8]| Ok(bytes.len()));
+        let process: Process<usize> = Arc::new(|bytes: &[u8]| Ok(bytes.len()));
         fetcher.start(&mut downloads, jobs, &cfg, process.clone()).unwrap();
         let mut seen = Vec::new();
         while let Some(done) = downloads.next(Duration::from_secs(5)) {

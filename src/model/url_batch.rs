@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use super::{state, EmbedRequest};
 use crate::error::{PgClipError, Result};
-use crate::fetch::{Downloads, FetchConfig, Fetcher, Finished};
+use crate::fetch::{Downloads, FetchConfig, Fetcher, Finished, Process};
 use crate::image;
 
 /// What happened to one URL.
@@ -113,7 +113,7 @@ pub fn embed_urls(
         }
     }
     let limits = request.limits;
-    let process: Arc<dyn Fn(&[u8]) -> Result<Vec<f32>> + Send + Sync> = Arc::new(move |bytes: &[u8]| {
+    let process: Process<Vec<f32>> = Arc::new(move |bytes: &[u8]| {
         let mut pixels = vec![0f32; tensor_len];
         image::preprocess_into(bytes, &limits, &preprocess, &mut pixels)?;
         Ok(pixels)
