@@ -87,9 +87,11 @@ AS $procedure$
 DECLARE
     key_name      name := key_column;
     key_type      text;
-    url_type      text;
-    vector_type   text;
+    vector_type   name;
+    version_type  text;
     has_version   boolean;
+    columns       name[];
+    wanted        name;
     version       text;
     run           bigint;
     total         bigint;
@@ -117,22 +119,6 @@ BEGIN
         RAISE EXCEPTION 'pg_clip: concurrency must be at least 1' USING ERRCODE = '22023';
     END IF;
 
-    -- The columns: present, and of sensible types.
-    SELECT pg_catalog.format_type(a.atttypid, a.atttypmod) INTO url_type FROM pg_catalog.pg_attribute a
-    WHERE a.attrelid = target AND a.attname = url_column AND a.attnum > 0 AND NOT a.attisdropped;
-    IF url_type IS NULL THEN
-        RAISE EXCEPTION 'pg_clip: column % of table % does not exist', pg_catalog.quote_ident(url_column), target
-            USING ERRCODE = '42703';
-    END IF;
-    SELECT t.typname INTO vector_type FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
-    WHERE a.attrelid = target AND a.attname = vector_column AND a.attnum > 0 AND NOT a.attisdropped;
-    IF vector_type IS NULL THEN
-        RAISE EXCEPTION 'pg_clip: column % of table % does not exist', pg_catalog.quote_ident(vector_column), target
-            USING ERRCODE = '42703';
-    ELSIF vector_type <> 'vector' THEN
-        RAISE EXCEPTION 'pg_clip: column % of table % is of type %, not vector',
-            pg_catalog.quote_ident(vector_column), target, vector_type USING ERRCODE = '42804';
-    END IF;
     IF key_name IS NULL THEN
         SELECT a.attname INTO key_name
         FROM pg_catalog.pg_index i
@@ -144,18 +130,27 @@ BEGIN
                       HINT = 'Name a unique, non-null column with key_column => ''...''.';
         END IF;
     END IF;
-    SELECT pg_catalog.format_type(a.atttypid, a.atttypmod) INTO key_type FROM pg_catalog.pg_attribute a
-    WHERE a.attrelid = target AND a.attname = key_name AND a.attnum > 0 AND NOT a.attisdropped;
-    IF key_type IS NULL THEN
-        RAISE EXCEPTION 'pg_clip: column % of table % does not exist', pg_catalog.quote_ident(key_name), target
-            USING ERRCODE = '42703';
+
+    -- The columns: present, and of sensible types (read from the catalogue once).
+    SELECT pg_catalog.array_agg(a.attname),
+           max(t.typname) FILTER (WHERE a.attname = vector_column),
+           max(a.atttypid::regtype::text) FILTER (WHERE a.attname = key_name),
+           max(a.atttypid::regtype::text) FILTER (WHERE a.attname = 'model_version')
+      INTO columns, vector_type, key_type, version_type
+      FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+     WHERE a.attrelid = target AND a.attnum > 0 AND NOT a.attisdropped;
+    FOREACH wanted IN ARRAY ARRAY[url_column, vector_column, key_name] LOOP
+        IF NOT wanted = ANY (columns) THEN
+            RAISE EXCEPTION 'pg_clip: column % of table % does not exist', pg_catalog.quote_ident(wanted), target
+                USING ERRCODE = '42703';
+        END IF;
+    END LOOP;
+    IF vector_type <> 'vector' THEN
+        RAISE EXCEPTION 'pg_clip: column % of table % is of type %, not vector',
+            pg_catalog.quote_ident(vector_column), target, vector_type USING ERRCODE = '42804';
     END IF;
-    has_version := EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
-                           WHERE a.attrelid = target AND a.attname = 'model_version'
-                             AND a.attnum > 0 AND NOT a.attisdropped);
-    IF has_version AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
-                                   WHERE a.attrelid = target AND a.attname = 'model_version'
-                                     AND a.atttypid IN ('text'::regtype, 'varchar'::regtype)) THEN
+    has_version := version_type IS NOT NULL;
+    IF has_version AND version_type NOT IN ('text', 'character varying') THEN
         RAISE EXCEPTION 'pg_clip: column model_version of table % is not text or varchar', target
             USING ERRCODE = '42804', HINT = 'clip_backfill writes the model that made each vector there.';
     END IF;
