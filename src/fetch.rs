@@ -331,6 +331,8 @@ pub struct FetchConfig {
 pub struct Download {
     pub bytes: Vec<u8>,
     pub status: u16,
+    /// The URL asked for, as messages show it (see `redact`).
+    pub shown_url: String,
 }
 
 /// One attempt's failure, and whether another attempt may succeed.
@@ -507,7 +509,7 @@ async fn attempt(
     if !sniffed {
         check_is_image(&body, content_type.as_deref(), &shown, status.as_u16())?;
     }
-    Ok(Download { bytes: body, status: status.as_u16() })
+    Ok(Download { bytes: body, status: status.as_u16(), shown_url: redact(start) })
 }
 
 /// Refuses a body whose first bytes are not an image we decode, naming what came back instead.
@@ -699,15 +701,11 @@ impl Fetcher {
                 reply.permit = Some(permit);
                 let (result, attempts) = download(&client, &url, &config).await;
                 reply.attempts = attempts;
-                let bytes = match result {
-                    Ok(download) => {
-                        reply.status = Some(download.status);
-                        download.bytes
-                    }
+                let Download { bytes, status, shown_url: shown } = match result {
+                    Ok(download) => download,
                     Err(e) => return reply.send(Err(e)),
                 };
-                let shown = Url::parse(url.trim()).map(|u| redact(&u)).unwrap_or_default();
-                let status = reply.status.unwrap_or(200);
+                reply.status = Some(status);
                 let decoded = tokio::task::spawn_blocking(move || {
                     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| process(&bytes)))
                 })
