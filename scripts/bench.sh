@@ -25,7 +25,7 @@ log "reference: transformers CLIPImageProcessor + PyTorch, $THREADS thread(s)"
 "$PY" "$ROOT/model/bench_reference.py" --model "$MODEL_DIR" --rounds "$ROUNDS" --threads "$THREADS" "${images[@]}" > "$out/reference.json"
 
 log "clip_embed_bytes inside PostgreSQL"
-cluster_start bench "${BENCH_PORT:-28834}"
+cluster_restart bench "${BENCH_PORT:-28834}"
 trap 'cluster_stop bench' EXIT
 psql -X -q -c "DROP DATABASE IF EXISTS pg_clip_bench" -c "CREATE DATABASE pg_clip_bench" postgres
 values=""

@@ -22,7 +22,7 @@ opts=(${HNSW:+--hnsw} ${HNSW_M:+--hnsw-m "$HNSW_M"} ${HNSW_EFC:+--hnsw-ef-constr
 if [ "${NO_E2E:-0}" = 1 ]; then
   opts+=(--no-e2e)
   images=()
-  cluster_start bench "${BENCH_PORT:-28834}"
+  cluster_restart bench "${BENCH_PORT:-28834}"
   trap 'cluster_stop bench' EXIT
   psql -X -q -c "CREATE DATABASE pg_clip_bench_search" postgres 2>/dev/null || true
   psql -X -q -c "SET client_min_messages = error" -c "CREATE EXTENSION IF NOT EXISTS vector" pg_clip_bench_search

@@ -55,6 +55,13 @@ install_extension() {
 }
 
 # A throwaway cluster inside the project (data dir, socket dir, log), owned by the user Postgres runs as.
+# pg_clip is preloaded (shared_preload_libraries), as automatic embedding needs: its background workers
+# and their shared memory. A cluster preloads the library it found at start: after installing a new build,
+# restart it (cluster_restart) so that every backend runs the new one.
+cluster_options() {  # $1 = name, $2 = port: the server's command-line options
+  echo "-p $2 -k $ROOT/target/clusters/$1 -c listen_addresses='' -c shared_preload_libraries=pg_clip"
+}
+
 cluster_start() {  # $1 = name (dir under target/clusters), $2 = port
   local dir=$ROOT/target/clusters/$1 port=$2
   mkdir -p "$dir"
@@ -67,9 +74,14 @@ cluster_start() {  # $1 = name (dir under target/clusters), $2 = port
     # Without RUST_BACKTRACE, as a production server runs: pgrx would add a Rust backtrace to the DETAIL of
     # errors that pass through Rust frames (query cancel during a download, for one).
     as_pg env -u RUST_BACKTRACE -u RUST_LIB_BACKTRACE "$PG_BIN/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w \
-      -o "-p $port -k $dir -c listen_addresses=''" start >/dev/null
+      -o "$(cluster_options "$1" "$port")" start >/dev/null
   fi
   export PGHOST=$dir PGPORT=$port PGUSER=postgres
+}
+
+cluster_restart() {  # $1 = name, $2 = port
+  cluster_stop "$1"
+  cluster_start "$1" "$2"
 }
 
 cluster_stop() {  # $1 = name
@@ -101,7 +113,7 @@ bench_cluster() {
   make_model >/dev/null
   install_extension
   # BENCH_CLUSTER/BENCH_PORT: another cluster, for a benchmark that must not stop one still in use.
-  cluster_start "${BENCH_CLUSTER:-bench}" "${BENCH_PORT:-28834}"
+  cluster_restart "${BENCH_CLUSTER:-bench}" "${BENCH_PORT:-28834}"
   trap 'cluster_stop "${BENCH_CLUSTER:-bench}"' EXIT
   psql -X -q -c "CREATE DATABASE $1" postgres 2>/dev/null || true
   psql -X -q -c "SET client_min_messages = error" -c "CREATE EXTENSION IF NOT EXISTS pg_clip CASCADE" "$1"

@@ -8,7 +8,7 @@ source "$(dirname "$0")/common.sh"
 "$ROOT/scripts/setup.sh"
 make_model
 install_extension
-cluster_start demo "${DEMO_PORT:-28832}"
+cluster_restart demo "${DEMO_PORT:-28832}"
 log "cluster: host=$PGHOST port=$PGPORT (stop it with: make stop)"
 
 # The catalogue: IMAGES=<dir> (jpg/jpeg/png/webp/gif/bmp/tif) or the photos Python packages ship.

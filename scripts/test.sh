@@ -26,7 +26,7 @@ install_extension
 work=$ROOT/target/pg_clip/regress-inputs
 "$PY" tests/pg_regress/make_inputs.py "$work" "$MODEL_DIR" >/dev/null
 chmod -R a+rX "$ROOT/target/pg_clip"
-cluster_start regress "${REGRESS_PORT:-28833}"
+cluster_restart regress "${REGRESS_PORT:-28833}"
 # The image host of the URL tests (10_url, 11_backfill, test_backfill.py): the test inputs under /img/ and
 # every way a host misbehaves, on two loopback addresses (one of them is opened alone by the tests).
 # The port is fixed because the expected outputs show URLs.
@@ -41,7 +41,8 @@ http_pid=$!
 trap 'kill $http_pid 2>/dev/null; cluster_stop regress' EXIT
 for _ in $(seq 100); do grep -q '^listening' target/http-server.log && break; sleep 0.1; done
 grep -q '^listening' target/http-server.log || { cat target/http-server.log >&2; echo "test HTTP server did not start" >&2; exit 1; }
-psql -X -q -c "DROP DATABASE IF EXISTS pg_clip_regress" -c "CREATE DATABASE pg_clip_regress" postgres
+# WITH (FORCE): an auto-embed worker left connected by an interrupted run would block a plain DROP.
+psql -X -q -c "DROP DATABASE IF EXISTS pg_clip_regress WITH (FORCE)" -c "CREATE DATABASE pg_clip_regress" postgres
 # Where the tests find their inputs: a setting outside the reserved pg_clip prefix.
 psql -X -q -c "ALTER DATABASE pg_clip_regress SET pg_clip_test.inputs = '$work'" postgres
 mapfile -t schedule < <(ls tests/pg_regress/sql/*.sql | xargs -n1 basename | sed 's/\.sql$//' | sort)
@@ -60,3 +61,10 @@ log "3/3 the example application (psycopg + pgvector adapter) against the same s
 log "3/3 URL backfill: killed mid-run, resumed; cancel of stalled downloads (psycopg)"
 PG_CLIP_TEST_HTTP=http://127.0.0.1:$http_port \
   "$PY" tests/clients/test_backfill.py "host=$PGHOST port=$PGPORT user=postgres dbname=pg_clip_regress"
+
+log "3/3 automatic embedding: the background worker through restarts, faults, two databases (psycopg)"
+pg_ctl_command="$PG_BIN/pg_ctl -D $ROOT/target/clusters/regress/data -l $ROOT/target/clusters/regress/server.log"
+[ "$(id -u)" = 0 ] && pg_ctl_command="runuser -u postgres -- env -u RUST_BACKTRACE -u RUST_LIB_BACKTRACE $pg_ctl_command"
+PG_CLIP_TEST_HTTP=http://127.0.0.1:$http_port \
+  "$PY" tests/clients/test_auto_embed.py "host=$PGHOST port=$PGPORT user=postgres" "$pg_ctl_command" \
+  "$(cluster_options regress "$PGPORT")"

@@ -71,6 +71,14 @@ pub enum PgClipError {
     /// A download that arrived but is not a usable image: `inner` says why (22P03, 0A000, 54000 ...).
     #[error("fetching {url}: {inner}")]
     Fetched { url: String, status: u16, inner: Box<PgClipError> },
+
+    /// A column a trigger or the auto-embed worker was told about is not there (renamed or dropped since).
+    #[error("column {column} does not exist")]
+    ColumnMissing { column: String, hint: String },
+
+    /// Something the server must have first: e.g. automatic embedding without the library preloaded.
+    #[error("{what}")]
+    Prerequisite { what: String, hint: String },
 }
 
 impl PgClipError {
@@ -104,6 +112,8 @@ impl PgClipError {
             PgClipError::FetchStatus { .. } => ERRCODE_EXTERNAL_ROUTINE_EXCEPTION, // 38000
             PgClipError::FetchLimit { .. } => ERRCODE_PROGRAM_LIMIT_EXCEEDED,  // 54000
             PgClipError::Fetched { inner, .. } => inner.sqlstate(),
+            PgClipError::ColumnMissing { .. } => ERRCODE_UNDEFINED_COLUMN,     // 42703
+            PgClipError::Prerequisite { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, // 55000
         }
     }
 
@@ -124,6 +134,8 @@ impl PgClipError {
             PgClipError::FetchStatus { .. } => "38000",
             PgClipError::FetchLimit { .. } => "54000",
             PgClipError::Fetched { inner, .. } => inner.sqlstate_code(),
+            PgClipError::ColumnMissing { .. } => "42703",
+            PgClipError::Prerequisite { .. } => "55000",
         }
     }
 
@@ -156,8 +168,34 @@ impl PgClipError {
             PgClipError::FetchRefused { hint, .. } => hint.clone(),
             PgClipError::FetchLimit { setting, .. } => Some(format!("Raise {setting} if this is expected.")),
             PgClipError::Fetched { inner, .. } => inner.hint(),
+            PgClipError::ColumnMissing { hint, .. } | PgClipError::Prerequisite { hint, .. } => Some(hint.clone()),
             _ => None,
         }
+    }
+}
+
+/// The five characters of a SQLSTATE that pgrx holds packed as Postgres's MAKE_SQLSTATE does.
+pub fn sqlstate_text(code: PgSqlErrorCode) -> String {
+    let mut n = code as u32;
+    let mut s = String::with_capacity(5);
+    for _ in 0..5 {
+        s.push((((n & 0x3f) as u8) + b'0') as char);
+        n >>= 6;
+    }
+    s
+}
+
+impl PgClipError {
+    /// Raises this error as an ERROR with its SQLSTATE, message and hint, from `function`. Never returns.
+    /// The one place where pg_clip's errors become Postgres errors.
+    pub fn raise(&self, function: &'static str) -> ! {
+        let mut report =
+            pgrx::pg_sys::panic::ErrorReport::new(self.sqlstate(), format!("pg_clip: {self}"), function);
+        if let Some(hint) = self.hint() {
+            report = report.set_hint(hint);
+        }
+        report.report(pgrx::PgLogLevel::ERROR);
+        unreachable!("ERROR does not return")
     }
 }
 
@@ -182,16 +220,11 @@ mod tests {
             PgClipError::FetchStatus { url: "x".into(), status: 404, reason: "Not Found".into() },
             PgClipError::FetchLimit { url: "x".into(), what: "big".into(), setting: "pg_clip.max_image_bytes" },
             PgClipError::Fetched { url: "x".into(), status: 200, inner: Box::new(PgClipError::invalid_image("x")) },
+            PgClipError::ColumnMissing { column: "x".into(), hint: "h".into() },
+            PgClipError::Prerequisite { what: "x".into(), hint: "h".into() },
         ];
         for e in samples {
-            let code = e.sqlstate();
-            // pgrx's codes are MAKE_SQLSTATE-packed integers: unpack to the five characters.
-            let mut n = code as u32;
-            let mut s = String::new();
-            for _ in 0..5 {
-                s.push((((n & 0x3f) as u8) + b'0') as char);
-                n >>= 6;
-            }
+            let s = sqlstate_text(e.sqlstate());
             assert_eq!(s, e.sqlstate_code(), "{e}");
             assert_ne!(s, "XX000");
         }

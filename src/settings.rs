@@ -16,6 +16,18 @@ use crate::fetch::{FetchConfig, FetchPolicy};
 use crate::image::ImageLimits;
 use crate::model::encoder::{Precision, WeightSharing};
 
+/// A fault the auto-embed worker injects into each batch while set: how the tests prove that an ERROR or a
+/// Rust panic in a batch is logged and survived. Not for production; hidden from SHOW ALL.
+#[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum AutoEmbedFault {
+    #[name = c"none"]
+    None,
+    #[name = c"error"]
+    Error,
+    #[name = c"panic"]
+    Panic,
+}
+
 #[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
 pub enum ImagePrecision {
     #[name = c"fp32"]
@@ -50,6 +62,18 @@ static FETCH_RETRIES: GucSetting<i32> = GucSetting::<i32>::new(2);
 static FETCH_MAX_REDIRECTS: GucSetting<i32> = GucSetting::<i32>::new(5);
 /// 16 downloads hide 200 ms of latency behind ~80 ms inferences with room to spare (see the README).
 static FETCH_CONCURRENCY: GucSetting<i32> = GucSetting::<i32>::new(16);
+
+// The auto-embed worker's settings. Context SIGHUP: the worker is not a session anyone can SET in, so they
+// live in postgresql.conf or ALTER SYSTEM, and a reload (pg_reload_conf()) reaches the running worker.
+/// 64 rows a batch, as clip_backfill: enough to keep 16 downloads in flight, little to redo after a restart.
+static AUTO_EMBED_BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(64);
+/// s. The safety net for rows changed with the triggers off; changes themselves wake the worker at once.
+static AUTO_EMBED_SWEEP_INTERVAL_S: GucSetting<i32> = GucSetting::<i32>::new(300);
+static AUTO_EMBED_MAX_ATTEMPTS: GucSetting<i32> = GucSetting::<i32>::new(5);
+/// ms. Transient failures wait this, then 4x longer each time: 10 s, 40 s, 160 s, 640 s (about 14 minutes
+/// until a photo host that stays down is given up on).
+static AUTO_EMBED_RETRY_DELAY_MS: GucSetting<i32> = GucSetting::<i32>::new(10_000);
+static AUTO_EMBED_FAULT: GucSetting<AutoEmbedFault> = GucSetting::<AutoEmbedFault>::new(AutoEmbedFault::None);
 
 /// Registers the settings. Called from `_PG_init`; does nothing else (no model, no threads).
 pub fn init() {
@@ -228,6 +252,54 @@ pub fn init() {
         GucContext::Suset,
         GucFlags::default(),
     );
+    GucRegistry::define_int_guc(
+        c"pg_clip.auto_embed_batch_size",
+        c"Rows the auto-embed worker embeds per committed batch.",
+        c"",
+        &AUTO_EMBED_BATCH_SIZE,
+        1,
+        1000,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"pg_clip.auto_embed_sweep_interval",
+        c"How often the auto-embed worker looks for rows with a URL and no vector that no trigger queued.",
+        c"Rows loaded with triggers disabled, for one. Changes made with the triggers on wake the worker at once.",
+        &AUTO_EMBED_SWEEP_INTERVAL_S,
+        1,
+        7 * 24 * 3600,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"pg_clip.auto_embed_max_attempts",
+        c"Attempts the auto-embed worker makes on a photo that fails transiently (network, 5xx, 429) before it gives up.",
+        c"A given-up row stays in clip_backfill_failures; clip_auto_embed_retry() queues it again.",
+        &AUTO_EMBED_MAX_ATTEMPTS,
+        1,
+        100,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"pg_clip.auto_embed_retry_delay",
+        c"Wait before the auto-embed worker's first retry of a transiently failed photo; each retry waits 4x longer.",
+        c"",
+        &AUTO_EMBED_RETRY_DELAY_MS,
+        100,
+        24 * 3600 * 1000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_enum_guc(
+        c"pg_clip.debug_auto_embed_fault",
+        c"Testing only: the auto-embed worker raises this fault in every batch (none, error, panic).",
+        c"",
+        &AUTO_EMBED_FAULT,
+        GucContext::Sighup,
+        GucFlags::NO_SHOW_ALL,
+    );
     // SAFETY: called from _PG_init, in the backend's main thread, with a static C string.
     unsafe { pg_sys::MarkGUCPrefixReserved(c"pg_clip".as_ptr()) };
 }
@@ -305,6 +377,26 @@ pub fn fetch_config(concurrency: Option<i32>) -> crate::error::Result<FetchConfi
         max_bytes: image_limits().max_bytes,
         concurrency: concurrency.map_or(FETCH_CONCURRENCY.get(), |c| c.min(FETCH_CONCURRENCY.get())).max(1) as usize,
     })
+}
+
+/// What the auto-embed worker reads at the start of each round (after a reload, the new values).
+#[derive(Debug, Clone, Copy)]
+pub struct AutoEmbedSettings {
+    pub batch_size: usize,
+    pub sweep_interval: Duration,
+    pub max_attempts: i32,
+    pub retry_delay: Duration,
+    pub fault: AutoEmbedFault,
+}
+
+pub fn auto_embed() -> AutoEmbedSettings {
+    AutoEmbedSettings {
+        batch_size: AUTO_EMBED_BATCH_SIZE.get().max(1) as usize,
+        sweep_interval: Duration::from_secs(AUTO_EMBED_SWEEP_INTERVAL_S.get().max(1) as u64),
+        max_attempts: AUTO_EMBED_MAX_ATTEMPTS.get().max(1),
+        retry_delay: Duration::from_millis(AUTO_EMBED_RETRY_DELAY_MS.get().max(1) as u64),
+        fault: AUTO_EMBED_FAULT.get(),
+    }
 }
 
 /// Whether EXIF orientation is applied; the rest of the preprocessing comes from the model manifest.

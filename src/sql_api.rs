@@ -6,8 +6,9 @@ use pgrx::prelude::*;
 use pgrx::{PgLogLevel, PgSqlErrorCode};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+use crate::backfill;
 use crate::error::{PgClipError, Result};
-use crate::model::url_batch::{self, UrlOutcome};
+use crate::backfill::url_batch::{self, UrlOutcome};
 use crate::model::{self, EmbedRequest};
 use crate::pgvector::Vector;
 use crate::settings;
@@ -40,13 +41,7 @@ fn guarded<T>(context: &'static str, f: impl FnOnce() -> Result<T>) -> Result<T>
 
 /// Raises `error` as an ERROR with its SQLSTATE, message and hint. Never returns.
 fn raise(error: impl std::borrow::Borrow<PgClipError>, function: &'static str) -> ! {
-    let error = error.borrow();
-    let mut report = ErrorReport::new(error.sqlstate(), format!("pg_clip: {error}"), function);
-    if let Some(hint) = error.hint() {
-        report = report.set_hint(hint);
-    }
-    report.report(PgLogLevel::ERROR);
-    unreachable!("ERROR does not return")
+    error.borrow().raise(function)
 }
 
 fn emit_pending_warning() {
@@ -235,10 +230,23 @@ fn embed_urls_or_raise(
     let fetch = settings::fetch_config(concurrency).unwrap_or_else(|e| raise(e, function));
     let mut poll_interrupts = || {
         pgrx::check_for_interrupts!();
+        exit_if_postmaster_died();
     };
     let result = guarded(function, || url_batch::embed_urls(urls, prefetch, &request, &fetch, &mut poll_interrupts));
     emit_pending_warning();
     result.unwrap_or_else(|e| raise(e, function))
+}
+
+/// A background worker whose postmaster died must not linger in a long download: the new postmaster will
+/// not start while an old process still holds the shared memory. (A session's backend finds out when its
+/// client goes; a worker has none.)
+fn exit_if_postmaster_died() {
+    // SAFETY: reading process globals; proc_exit runs the exit callbacks and never returns.
+    unsafe {
+        if pg_sys::IsBackgroundWorker && libc::getppid() != pg_sys::PostmasterPid {
+            pg_sys::proc_exit(1);
+        }
+    }
 }
 
 /// One URL's outcome as the try-variants return it: the vector, or NULL plus the reason.
@@ -340,5 +348,51 @@ fn clip_embed_urls(
     TableIterator::new(rows)
 }
 
-// Last in the script: it grants on, and calls, the functions above.
-pgrx::extension_sql_file!("../sql/backfill.sql", name = "backfill", finalize);
+/// Asks for this database's auto-embed worker to be woken when the transaction commits (and started if it
+/// is not running: always when `start_worker`). The triggers and clip_auto_embed's functions call it;
+/// `start_worker` refuses if the library is not preloaded, since the worker needs its shared memory.
+#[pg_extern(volatile, parallel_unsafe)]
+fn clip_auto_embed_wake(start_worker: bool) {
+    if start_worker && !backfill::registry::preloaded() {
+        raise(
+            PgClipError::Prerequisite {
+                what: "automatic embedding needs pg_clip in shared_preload_libraries".into(),
+                hint: "ALTER SYSTEM SET shared_preload_libraries = 'pg_clip'; then restart the server (add to the \
+                       list if it has other libraries)."
+                    .into(),
+            },
+            "clip_auto_embed",
+        );
+    }
+    backfill::registry::wake_at_commit(start_worker);
+}
+
+/// This database's auto-embed worker, as shared memory shows it: pid and state (NULL pid: none running),
+/// and when it started. VOLATILE: it changes by itself.
+#[pg_extern(volatile, parallel_safe)]
+#[allow(clippy::type_complexity)]
+fn clip_auto_embed_worker() -> TableIterator<
+    'static,
+    (name!(pid, Option<i32>), name!(state, Option<String>), name!(started_at, Option<pgrx::datum::TimestampWithTimeZone>)),
+> {
+    // SAFETY: MyDatabaseId is set for a connected backend.
+    let info = backfill::registry::worker_info(unsafe { pg_sys::MyDatabaseId });
+    let state = match (backfill::registry::preloaded(), info.state) {
+        (false, _) => Some("unavailable: pg_clip is not in shared_preload_libraries".to_string()),
+        (true, None) => Some("not running".to_string()),
+        (true, Some(state)) => Some(state.to_string()),
+    };
+    let started = info.started_ms.and_then(|ms| {
+        // Unix epoch ms to Postgres's timestamptz (microseconds since 2000-01-01).
+        pgrx::datum::TimestampWithTimeZone::try_from((ms - 946_684_800_000) * 1000).ok()
+    });
+    TableIterator::once((info.pid, state, started))
+}
+
+// Then the SQL of the engine and of automatic embedding: they grant on, and call, the functions above.
+pgrx::extension_sql_file!(
+    "../sql/backfill.sql",
+    name = "backfill",
+    requires = [clip_embed_urls, clip_embed_url, clip_try_embed_url, clip_model_info]
+);
+pgrx::extension_sql_file!("../sql/auto_embed.sql", name = "auto_embed", finalize);

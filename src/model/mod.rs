@@ -7,7 +7,6 @@ pub mod encoder;
 pub mod manifest;
 pub mod prepared;
 pub mod runtime;
-pub mod url_batch;
 
 use once_cell::sync::Lazy;
 use std::hash::{Hash, Hasher};
@@ -55,14 +54,14 @@ pub struct Stats {
     pub inference_time: Duration,
 }
 
-struct BackendState {
+pub(crate) struct BackendState {
     encoder: Option<ImageEncoder>,
     image_load: LoadReport,
     /// The text tower and its tokenizer: loaded only when text is first embedded.
     text: Option<(Tower, ClipTokenizer)>,
     loaded_at: Option<SystemTime>,
     cache: EmbeddingCache,
-    stats: Stats,
+    pub(crate) stats: Stats,
     pending_warning: Option<String>,
     /// The model directory whose random weights this backend already warned about (once is enough).
     warned_random: Option<PathBuf>,
@@ -83,7 +82,7 @@ static STATE: Lazy<Mutex<BackendState>> = Lazy::new(|| {
     })
 });
 
-fn state() -> MutexGuard<'static, BackendState> {
+pub(crate) fn state() -> MutexGuard<'static, BackendState> {
     // A panic while holding the lock is caught and reported as an error; the state stays usable.
     STATE.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
@@ -98,7 +97,7 @@ impl BackendState {
 
     /// The encoder for `request`, loading it (lazily, once) or replacing it when the model directory or
     /// thread count changed since it was loaded.
-    fn encoder(&mut self, request: &EmbedRequest) -> Result<&mut ImageEncoder> {
+    pub(crate) fn encoder(&mut self, request: &EmbedRequest) -> Result<&mut ImageEncoder> {
         let current = self.encoder.as_ref().is_some_and(|e| request.wants(e, request.precision));
         if !current {
             self.encoder = None;
@@ -305,7 +304,7 @@ pub fn model_info(request: &EmbedRequest) -> Result<ModelInfo> {
 
 /// Drops this backend's session and cache (clip_unload_model()); the next call loads again.
 pub fn unload() -> bool {
-    url_batch::reset();
+    crate::backfill::url_batch::reset();
     let mut state = state();
     state.cache.clear();
     state.loaded_at = None;

@@ -14,7 +14,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::{state, EmbedRequest};
+use crate::model::{state, EmbedRequest};
 use crate::error::{PgClipError, Result};
 use crate::fetch::{Downloads, FetchConfig, Fetcher, Finished, Process};
 use crate::image;

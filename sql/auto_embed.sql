@@ -1,0 +1,465 @@
+-- Automatic embedding: SELECT clip_auto_embed('products', 'image_url', 'image_embedding') keeps a table's
+-- vectors fresh by itself. Two triggers record each change in a queue; a background worker of pg_clip's own
+-- (src/backfill/worker.rs), woken at commit, embeds the queued rows with the engine clip_backfill uses
+-- (sql/backfill.sql: claims, clip_backfill_apply, clip_backfill_record).
+--
+-- What counts as a change: an INSERT with a URL and no vector; an UPDATE that sets, changes or clears the
+-- URL without also writing the vector. Such an UPDATE clears the vector in the same statement, so the old
+-- photo's vector never outlives the transaction that replaced the photo. Anything else (other columns, the
+-- same URL again) costs the UPDATE OF trigger's WHEN test and nothing more.
+--
+-- The queue, not the worker, is what remembers: an entry goes only in the transaction that wrote the row's
+-- vector (or recorded why it cannot be), so a worker stopped mid-batch loses nothing and embeds nothing twice.
+-- A periodic sweep queues rows that changed with the triggers off (COPY with session_replication_role =
+-- replica, say): a URL and no vector.
+
+-- Which tables are served, with which columns. pg_dump keeps it with the extension.
+CREATE TABLE @extschema@.clip_auto_embed_tables (
+    relation      regclass    PRIMARY KEY,
+    url_column    name        NOT NULL,
+    vector_column name        NOT NULL,
+    key_column    name        NOT NULL,
+    paused        boolean     NOT NULL DEFAULT false,  -- changes are queued, the worker leaves them
+    enabled_at    timestamptz NOT NULL DEFAULT now(),
+    enabled_by    name        NOT NULL DEFAULT current_user,
+    last_sweep_at timestamptz,
+    last_error    text,                                -- the worker's last error on this table, and when
+    last_error_at timestamptz
+);
+COMMENT ON TABLE @extschema@.clip_auto_embed_tables IS
+    'pg_clip: tables whose vectors the auto-embed worker keeps fresh (clip_auto_embed)';
+
+-- The rows waiting for a vector. change_id orders the work and tells a row changed again while the worker
+-- had it: the worker's entry is only settled if the change_id is still the one it picked.
+CREATE SEQUENCE @extschema@.clip_auto_embed_change_seq;
+CREATE TABLE @extschema@.clip_auto_embed_queue (
+    relation   regclass    NOT NULL,
+    row_key    text        NOT NULL,
+    change_id  bigint      NOT NULL DEFAULT nextval('@extschema@.clip_auto_embed_change_seq'),
+    queued_at  timestamptz NOT NULL DEFAULT clock_timestamp(),  -- the oldest change not yet embedded
+    replace    boolean     NOT NULL DEFAULT false,  -- re-embed although the row has a vector (model changed)
+    not_before timestamptz,                         -- after a transient failure: retry from then on
+    PRIMARY KEY (relation, row_key)
+);
+-- Fresh changes before model re-embeds, each in change order.
+CREATE INDEX clip_auto_embed_queue_order ON @extschema@.clip_auto_embed_queue (relation, replace, change_id);
+COMMENT ON TABLE @extschema@.clip_auto_embed_queue IS
+    'pg_clip: rows the auto-embed worker has still to embed';
+
+-- What the worker did, per batch, for the status view's "embedded in the last minute". An hour is kept.
+CREATE TABLE @extschema@.clip_auto_embed_log (
+    relation    regclass    NOT NULL,
+    finished_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    embedded    integer     NOT NULL,
+    failed      integer     NOT NULL,
+    seconds     float8      NOT NULL
+);
+CREATE INDEX clip_auto_embed_log_recent ON @extschema@.clip_auto_embed_log (relation, finished_at);
+
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.clip_auto_embed_tables', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.clip_auto_embed_queue', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.clip_auto_embed_change_seq', '');
+
+-- Queues the rows of target that have a URL and no vector and are neither queued nor given up (a permanent
+-- failure, or a transient one retried max_attempts times). The worker runs it every
+-- pg_clip.auto_embed_sweep_interval; clip_auto_embed runs it once for the rows already there.
+CREATE FUNCTION @extschema@.clip_auto_embed_sweep(target regclass) RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+AS $function$
+DECLARE
+    c      @extschema@.clip_auto_embed_tables;
+    queued bigint;
+BEGIN
+    SELECT * INTO c FROM @extschema@.clip_auto_embed_tables t WHERE t.relation = target;
+    IF NOT FOUND THEN
+        RETURN 0;
+    END IF;
+    EXECUTE pg_catalog.format(
+        'WITH q AS (INSERT INTO @extschema@.clip_auto_embed_queue (relation, row_key) '
+        '           SELECT $1, t.%1$I::text FROM %2$s t '
+        '           WHERE t.%3$I IS NOT NULL AND t.%4$I IS NULL '
+        '             AND NOT EXISTS (SELECT 1 FROM @extschema@.clip_backfill_failures f '
+        '                             WHERE f.relation = $1 AND f.row_key = t.%1$I::text '
+        '                               AND (f.permanent OR f.attempts >= $2)) '
+        '           ON CONFLICT (relation, row_key) DO NOTHING RETURNING 1) '
+        'SELECT count(*) FROM q',
+        c.key_column, target, c.url_column, c.vector_column)
+        INTO queued USING target, pg_catalog.current_setting('pg_clip.auto_embed_max_attempts')::integer;
+    UPDATE @extschema@.clip_auto_embed_tables t SET last_sweep_at = clock_timestamp() WHERE t.relation = target;
+    RETURN queued;
+END
+$function$;
+
+-- The triggers clip_auto_embed installs (quietly: DROP TRIGGER IF EXISTS would NOTICE each one missing).
+CREATE FUNCTION @extschema@.clip_auto_embed_drop_triggers(target regclass) RETURNS void
+LANGUAGE plpgsql VOLATILE
+AS $function$
+DECLARE
+    trigger name;
+BEGIN
+    FOR trigger IN SELECT t.tgname FROM pg_catalog.pg_trigger t
+                   WHERE t.tgrelid = target AND t.tgname IN ('zz_clip_auto_embed_insert', 'zz_clip_auto_embed_url') LOOP
+        EXECUTE pg_catalog.format('DROP TRIGGER %I ON %s', trigger, target);
+    END LOOP;
+END
+$function$;
+
+CREATE FUNCTION @extschema@.clip_auto_embed(
+    target        regclass,
+    url_column    name,
+    vector_column name,
+    key_column    name DEFAULT NULL)  -- default: the table's single-column primary key
+RETURNS bigint                        -- rows queued now: those with a URL and no vector yet
+LANGUAGE plpgsql VOLATILE
+AS $function$
+DECLARE
+    d      record;
+    owner  oid;
+    kind   "char";
+    queued bigint;
+BEGIN
+    IF target IS NULL THEN
+        RAISE EXCEPTION 'pg_clip: the table must be named' USING ERRCODE = '22004';
+    END IF;
+    -- Refuses (55000) unless the library is preloaded, which the worker needs; at COMMIT, starts this
+    -- database's worker if it is not running.
+    PERFORM @extschema@.clip_auto_embed_wake(start_worker => true);
+    SELECT c.relowner, c.relkind INTO owner, kind FROM pg_catalog.pg_class c WHERE c.oid = target;
+    IF kind = 'p' THEN
+        RAISE EXCEPTION 'pg_clip: % is a partitioned table', target USING ERRCODE = '0A000',
+            HINT = 'Turn automatic embedding on for each partition.';
+    ELSIF kind IS DISTINCT FROM 'r' THEN
+        RAISE EXCEPTION 'pg_clip: % is not a table', target USING ERRCODE = '42809';
+    END IF;
+    IF NOT pg_catalog.pg_has_role(owner, 'USAGE') THEN
+        RAISE EXCEPTION 'pg_clip: must be owner of table % to embed it automatically', target
+            USING ERRCODE = '42501';
+    END IF;
+    SELECT * INTO d FROM @extschema@.clip_backfill_target(target, url_column, vector_column, key_column);
+    -- The queue names a row by its key: it must be unique.
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_index i
+                   JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+                   WHERE i.indrelid = target AND i.indisunique AND i.indnkeyatts = 1 AND i.indpred IS NULL
+                     AND a.attname = d.key_name) THEN
+        RAISE EXCEPTION 'pg_clip: key column % of table % is not unique', pg_catalog.quote_ident(d.key_name), target
+            USING ERRCODE = '42P10', HINT = 'Name a column with a unique index, e.g. the primary key.';
+    END IF;
+    -- The worker writes the vectors with the table owner's privileges, as a CALL clip_backfill by the owner
+    -- would: the owner needs the URL functions.
+    IF NOT pg_catalog.has_function_privilege(owner, '@extschema@.clip_embed_urls(text[], integer, text[])', 'EXECUTE') THEN
+        RAISE EXCEPTION 'pg_clip: the owner of table % (%) may not run clip_embed_urls', target, owner::regrole
+            USING ERRCODE = '42501',
+                  HINT = pg_catalog.format('GRANT EXECUTE ON FUNCTION clip_embed_urls(text[], integer, text[]) TO %I;',
+                                           owner::regrole);
+    END IF;
+
+    INSERT INTO @extschema@.clip_auto_embed_tables AS t (relation, url_column, vector_column, key_column)
+    VALUES (target, url_column, vector_column, d.key_name)
+    ON CONFLICT (relation) DO UPDATE
+        SET url_column = excluded.url_column, vector_column = excluded.vector_column,
+            key_column = excluded.key_column, last_error = NULL, last_error_at = NULL;
+
+    -- The triggers, (re)made with these columns. Named to fire after the table's other BEFORE triggers, so
+    -- that they see the URL a normalising trigger may have rewritten.
+    PERFORM @extschema@.clip_auto_embed_drop_triggers(target);
+    EXECUTE pg_catalog.format(
+        'CREATE TRIGGER zz_clip_auto_embed_insert AFTER INSERT ON %1$s FOR EACH ROW '
+        'WHEN (NEW.%2$I IS NOT NULL AND NEW.%3$I IS NULL) '
+        'EXECUTE FUNCTION @extschema@.clip_auto_embed_inserted(%4$L)',
+        target, url_column, vector_column, d.key_name);
+    EXECUTE pg_catalog.format(
+        'CREATE TRIGGER zz_clip_auto_embed_url BEFORE UPDATE OF %2$I ON %1$s FOR EACH ROW '
+        'WHEN (OLD.%2$I IS DISTINCT FROM NEW.%2$I AND OLD.%3$I IS NOT DISTINCT FROM NEW.%3$I) '
+        'EXECUTE FUNCTION @extschema@.clip_auto_embed_url_changed(%3$L, %4$L, %5$L, %6$L)',
+        target, url_column, vector_column, d.key_name, url_column,
+        CASE WHEN d.has_version THEN 'model_version' ELSE '' END);
+
+    queued := @extschema@.clip_auto_embed_sweep(target);
+    RAISE NOTICE 'clip_auto_embed: % is embedded automatically from now on; % rows queued', target, queued;
+    RETURN queued;
+END
+$function$;
+
+CREATE FUNCTION @extschema@.clip_auto_embed_stop(target regclass) RETURNS boolean
+LANGUAGE plpgsql VOLATILE
+AS $function$
+DECLARE
+    owner  oid;
+    was_on boolean;
+BEGIN
+    SELECT c.relowner INTO owner FROM pg_catalog.pg_class c WHERE c.oid = target;
+    IF NOT pg_catalog.pg_has_role(owner, 'USAGE') THEN
+        RAISE EXCEPTION 'pg_clip: must be owner of table %', target USING ERRCODE = '42501';
+    END IF;
+    DELETE FROM @extschema@.clip_auto_embed_tables t WHERE t.relation = target;
+    was_on := FOUND;
+    PERFORM @extschema@.clip_auto_embed_drop_triggers(target);
+    DELETE FROM @extschema@.clip_auto_embed_queue q WHERE q.relation = target;
+    DELETE FROM @extschema@.clip_auto_embed_log l WHERE l.relation = target;
+    -- The worker looks again at COMMIT, and goes when no table is left.
+    PERFORM @extschema@.clip_auto_embed_wake(start_worker => false);
+    RETURN was_on;
+END
+$function$;
+
+-- Pausing keeps the triggers (changes are still queued) and lets the worker leave the table alone, for a
+-- bulk load or while the photo host is down.
+CREATE FUNCTION @extschema@.clip_auto_embed_pause(target regclass, paused boolean DEFAULT true) RETURNS boolean
+LANGUAGE plpgsql VOLATILE
+AS $function$
+BEGIN
+    UPDATE @extschema@.clip_auto_embed_tables t SET paused = clip_auto_embed_pause.paused
+     WHERE t.relation = target;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'pg_clip: % is not embedded automatically', target USING ERRCODE = '55000',
+            HINT = 'Turn it on with clip_auto_embed().';
+    END IF;
+    PERFORM @extschema@.clip_auto_embed_wake(start_worker => false);
+    RETURN paused;
+END
+$function$;
+
+-- The rows that failed (recorded in clip_backfill_failures, permanent or retried until given up) go back in
+-- the queue, with their attempts counted from zero. Returns how many.
+CREATE FUNCTION @extschema@.clip_auto_embed_retry(target regclass) RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+AS $function$
+DECLARE
+    queued bigint;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM @extschema@.clip_auto_embed_tables t WHERE t.relation = target) THEN
+        RAISE EXCEPTION 'pg_clip: % is not embedded automatically', target USING ERRCODE = '55000',
+            HINT = 'Turn it on with clip_auto_embed(), or run CALL clip_backfill(..., retry_failed => true).';
+    END IF;
+    WITH f AS (DELETE FROM @extschema@.clip_backfill_failures f WHERE f.relation = target RETURNING f.row_key),
+         q AS (INSERT INTO @extschema@.clip_auto_embed_queue (relation, row_key)
+               SELECT target, f.row_key FROM f
+               ON CONFLICT (relation, row_key) DO UPDATE SET not_before = NULL
+               RETURNING 1)
+    SELECT count(*) INTO queued FROM q;
+    PERFORM @extschema@.clip_auto_embed_wake(start_worker => false);
+    RETURN queued;
+END
+$function$;
+
+-- After a model change: queues the rows whose model_version is not the model in force (nor one of
+-- keep_versions), to be re-embedded in the background. Their old vectors keep serving search until each is
+-- replaced; fresh changes go first. Returns how many.
+CREATE FUNCTION @extschema@.clip_auto_embed_requeue(target regclass, keep_versions text[] DEFAULT '{}')
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+AS $function$
+DECLARE
+    c       @extschema@.clip_auto_embed_tables;
+    d       record;
+    version text := @extschema@.clip_backfill_model_version();
+    queued  bigint;
+BEGIN
+    SELECT * INTO c FROM @extschema@.clip_auto_embed_tables t WHERE t.relation = target;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'pg_clip: % is not embedded automatically', target USING ERRCODE = '55000',
+            HINT = 'Turn it on with clip_auto_embed().';
+    END IF;
+    SELECT * INTO d FROM @extschema@.clip_backfill_target(target, c.url_column, c.vector_column, c.key_column);
+    IF NOT d.has_version THEN
+        RAISE EXCEPTION 'pg_clip: table % has no model_version column', target USING ERRCODE = '42703',
+            HINT = 'Without it pg_clip cannot tell which model made a vector.';
+    END IF;
+    EXECUTE pg_catalog.format(
+        'WITH q AS (INSERT INTO @extschema@.clip_auto_embed_queue (relation, row_key, replace) '
+        '           SELECT $1, t.%1$I::text, true FROM %2$s t '
+        '           WHERE t.%3$I IS NOT NULL AND t.%4$I IS NOT NULL '
+        '             AND t.model_version IS DISTINCT FROM $2 '
+        '             AND NOT coalesce(t.model_version = ANY ($3), false) '
+        '           ON CONFLICT (relation, row_key) DO NOTHING RETURNING 1) '
+        'SELECT count(*) FROM q',
+        c.key_column, target, c.url_column, c.vector_column)
+        INTO queued USING target, version, coalesce(keep_versions, '{}');
+    PERFORM @extschema@.clip_auto_embed_wake(start_worker => false);
+    RETURN queued;
+END
+$function$;
+
+-- The worker's step 1: up to batch_size due entries of target, fresh changes first, oldest first, skipping
+-- the keys of the batch the worker has in hand; each claimed (a row CALL clip_backfill holds is left for
+-- now). Entries with nothing left to do (the row is gone, has no URL, or already has a vector, unless it is
+-- a re-embed for a model change) are settled on the way.
+CREATE FUNCTION @extschema@.clip_auto_embed_pick(
+    target     regclass,
+    exclude    text[],
+    batch_size integer,
+    version    text,               -- the model in force (clip_backfill_model_version()), for re-embeds
+    only_keys  text[] DEFAULT NULL) -- just these keys (the worker retrying a failed batch row by row)
+RETURNS TABLE (row_key text, change_id bigint, url text, replace boolean)
+LANGUAGE plpgsql VOLATILE
+AS $function$
+DECLARE
+    c @extschema@.clip_auto_embed_tables;
+    d record;
+BEGIN
+    SELECT * INTO STRICT c FROM @extschema@.clip_auto_embed_tables t WHERE t.relation = target;
+    SELECT * INTO d FROM @extschema@.clip_backfill_target(target, c.url_column, c.vector_column, c.key_column);
+    RETURN QUERY EXECUTE pg_catalog.format(
+        'WITH cand AS (SELECT q.row_key, q.change_id, q.replace FROM @extschema@.clip_auto_embed_queue q '
+        '              WHERE q.relation = $1 AND (q.not_before IS NULL OR q.not_before <= clock_timestamp()) '
+        '                AND NOT q.row_key = ANY ($2) AND ($5::text[] IS NULL OR q.row_key = ANY ($5)) '
+        '              ORDER BY q.replace, q.change_id LIMIT $3), '
+        'st AS MATERIALIZED (SELECT cand.row_key, cand.change_id, cand.replace, t.%1$I::text AS url, '
+        '                           coalesce(t.%1$I IS NOT NULL AND (t.%2$I IS NULL OR (cand.replace AND %3$s)), '
+        '                                    false) AS pending '
+        '                    FROM cand LEFT JOIN %4$s t ON t.%5$I = cand.row_key::%6$s), '
+        'settled AS (DELETE FROM @extschema@.clip_auto_embed_queue q USING st '
+        '            WHERE NOT st.pending AND q.relation = $1 AND q.row_key = st.row_key '
+        '              AND q.change_id = st.change_id) '
+        'SELECT st.row_key, st.change_id, st.url, st.replace FROM st '
+        'WHERE st.pending AND pg_catalog.pg_try_advisory_xact_lock($1::oid::int4, pg_catalog.hashtext(st.row_key)) '
+        'ORDER BY st.replace, st.change_id',
+        c.url_column, c.vector_column,
+        CASE WHEN d.has_version THEN 't.model_version IS DISTINCT FROM $4' ELSE 'false' END,
+        target, d.key_name, d.key_type)
+    USING target, coalesce(exclude, '{}'), batch_size, version, only_keys;
+END
+$function$;
+
+-- The worker's step 3, after clip_backfill_apply: failures recorded (clip_backfill_record), and each
+-- entry settled unless its row changed again meanwhile (another change_id): embedded rows and permanent
+-- failures leave the queue; a transient failure waits retry_delay x 4^(attempts - 1) and is given up after
+-- max_attempts (it stays in clip_backfill_failures for a person: clip_auto_embed_retry); a skipped row
+-- (claimed elsewhere, locked by a user's transaction) is looked at again a second later.
+CREATE FUNCTION @extschema@.clip_auto_embed_settle(
+    target       regclass,
+    keys         text[],
+    change_ids   bigint[],
+    urls         text[],
+    outcomes     text[],
+    sqlstates    text[],
+    errors       text[],
+    statuses     integer[],
+    transients   boolean[],
+    max_attempts integer,
+    retry_delay  interval,
+    seconds      float8)
+RETURNS TABLE (embedded integer, failed integer, retrying integer)
+LANGUAGE plpgsql VOLATILE
+AS $function$
+DECLARE
+    c @extschema@.clip_auto_embed_tables;
+    d record;
+BEGIN
+    SELECT * INTO STRICT c FROM @extschema@.clip_auto_embed_tables t WHERE t.relation = target;
+    SELECT * INTO d FROM @extschema@.clip_backfill_target(target, c.url_column, c.vector_column, c.key_column);
+    -- One statement: the failure records (with their attempt counts), then the queue. The DELETE and the
+    -- UPDATE touch disjoint entries, so that they may share the statement.
+    RETURN QUERY
+    WITH r AS MATERIALIZED (
+        SELECT * FROM @extschema@.clip_backfill_record(target, c.url_column, d.key_name, d.key_type, keys, urls,
+                                                       outcomes, sqlstates, errors, statuses, transients)),
+    o AS MATERIALIZED (
+        SELECT o.k, o.c, o.oc, coalesce(o.tr, false) AS transient, r.attempts,
+               o.oc = 'embedded'
+               OR (o.oc = 'failed' AND (NOT coalesce(o.tr, false) OR coalesce(r.attempts, max_attempts) >= max_attempts))
+                   AS done
+        FROM ROWS FROM (pg_catalog.unnest(keys), pg_catalog.unnest(change_ids), pg_catalog.unnest(outcomes),
+                        pg_catalog.unnest(transients)) AS o(k, c, oc, tr)
+        LEFT JOIN r ON r.row_key = o.k),
+    done AS (
+        DELETE FROM @extschema@.clip_auto_embed_queue q USING o
+        WHERE q.relation = target AND q.row_key = o.k AND q.change_id = o.c AND o.done),
+    later AS (
+        UPDATE @extschema@.clip_auto_embed_queue q
+           SET not_before = clock_timestamp()
+                            + CASE WHEN o.oc = 'failed' THEN retry_delay * 4 ^ least(o.attempts - 1, 8)
+                                   ELSE interval '1 second' END
+          FROM o
+         WHERE q.relation = target AND q.row_key = o.k AND q.change_id = o.c AND NOT o.done),
+    logged AS (
+        INSERT INTO @extschema@.clip_auto_embed_log (relation, embedded, failed, seconds)
+        SELECT target, count(*) FILTER (WHERE o.oc = 'embedded'), count(*) FILTER (WHERE o.oc = 'failed'), seconds
+        FROM o)
+    SELECT (count(*) FILTER (WHERE o.oc = 'embedded'))::integer,
+           (count(*) FILTER (WHERE o.oc = 'failed' AND o.attempts IS NOT NULL))::integer,
+           (count(*) FILTER (WHERE o.oc = 'failed' AND NOT o.done))::integer
+    FROM o;
+    DELETE FROM @extschema@.clip_auto_embed_log l
+     WHERE l.relation = target AND l.finished_at < clock_timestamp() - interval '1 hour';
+END
+$function$;
+
+-- One row per table that is embedded automatically.
+CREATE VIEW @extschema@.clip_auto_embed_status AS
+SELECT c.relation,
+       c.url_column,
+       c.vector_column,
+       c.key_column,
+       c.paused,
+       coalesce(q.pending, 0) AS pending,                 -- changed rows waiting for a vector
+       round(extract(epoch FROM clock_timestamp() - q.oldest)::numeric, 1) AS lag_seconds,  -- oldest of them
+       coalesce(q.retrying, 0) AS retrying,               -- of those, waiting to retry a transient failure
+       coalesce(q.reembed, 0) AS reembed_pending,         -- rows queued for a new model (clip_auto_embed_requeue)
+       coalesce(l.embedded, 0) AS embedded_last_minute,
+       (SELECT count(*) FROM @extschema@.clip_backfill_failures f WHERE f.relation = c.relation) AS failed,
+       w.pid AS worker_pid,
+       w.state AS worker_state,
+       c.last_error,
+       c.last_error_at
+FROM @extschema@.clip_auto_embed_tables c
+LEFT JOIN LATERAL (SELECT count(*) FILTER (WHERE NOT q.replace) AS pending,
+                          min(q.queued_at) FILTER (WHERE NOT q.replace) AS oldest,
+                          count(*) FILTER (WHERE q.not_before > clock_timestamp()) AS retrying,
+                          count(*) FILTER (WHERE q.replace) AS reembed
+                   FROM @extschema@.clip_auto_embed_queue q WHERE q.relation = c.relation) q ON true
+LEFT JOIN LATERAL (SELECT sum(l.embedded) AS embedded FROM @extschema@.clip_auto_embed_log l
+                   WHERE l.relation = c.relation AND l.finished_at > clock_timestamp() - interval '1 minute') l ON true
+CROSS JOIN @extschema@.clip_auto_embed_worker() w;
+COMMENT ON VIEW @extschema@.clip_auto_embed_status IS
+    'pg_clip: per table embedded automatically: pending rows, lag, rate, failures, the worker';
+
+-- Lets a role embed the tables it owns from their URLs, by CALL clip_backfill and automatically: the URL
+-- functions, the procedure, the auto-embed functions, and pg_clip's bookkeeping tables. For a superuser to
+-- run once per role (e.g. the application's owner role); REVOKE the same privileges to undo it.
+CREATE FUNCTION @extschema@.clip_grant_backfill(role regrole) RETURNS void
+LANGUAGE plpgsql VOLATILE
+AS $function$
+DECLARE
+    object text;
+BEGIN
+    FOREACH object IN ARRAY ARRAY[
+        'FUNCTION @extschema@.clip_embed_url(text)',
+        'FUNCTION @extschema@.clip_try_embed_url(text)',
+        'FUNCTION @extschema@.clip_embed_urls(text[], integer, text[])',
+        'PROCEDURE @extschema@.clip_backfill(regclass, name, name, name, integer, integer, boolean, bigint)',
+        'FUNCTION @extschema@.clip_auto_embed(regclass, name, name, name)',
+        'FUNCTION @extschema@.clip_auto_embed_stop(regclass)',
+        'FUNCTION @extschema@.clip_auto_embed_pause(regclass, boolean)',
+        'FUNCTION @extschema@.clip_auto_embed_retry(regclass)',
+        'FUNCTION @extschema@.clip_auto_embed_requeue(regclass, text[])',
+        'FUNCTION @extschema@.clip_auto_embed_sweep(regclass)',
+        'FUNCTION @extschema@.clip_auto_embed_drop_triggers(regclass)',
+        'FUNCTION @extschema@.clip_auto_embed_wake(boolean)'] LOOP
+        EXECUTE pg_catalog.format('GRANT EXECUTE ON %s TO %s', object, role);
+    END LOOP;
+    EXECUTE pg_catalog.format(
+        'GRANT SELECT, INSERT, UPDATE, DELETE ON @extschema@.clip_backfill_failures, @extschema@.clip_backfill_runs, '
+        '@extschema@.clip_auto_embed_tables, @extschema@.clip_auto_embed_queue, @extschema@.clip_auto_embed_log TO %s', role);
+    EXECUTE pg_catalog.format(
+        'GRANT USAGE ON SEQUENCE @extschema@.clip_backfill_runs_run_id_seq, @extschema@.clip_auto_embed_change_seq TO %s', role);
+    EXECUTE pg_catalog.format(
+        'GRANT SELECT ON @extschema@.clip_backfill_progress, @extschema@.clip_auto_embed_status TO %s', role);
+END
+$function$;
+
+-- Not for every role, like the URL functions they drive (README, "Security"). The status view and the
+-- worker function say nothing secret; the view is granted as the backfill's progress view is: not at all.
+REVOKE EXECUTE ON FUNCTION @extschema@.clip_auto_embed(regclass, name, name, name) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION @extschema@.clip_auto_embed_stop(regclass) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION @extschema@.clip_auto_embed_pause(regclass, boolean) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION @extschema@.clip_auto_embed_retry(regclass) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION @extschema@.clip_auto_embed_requeue(regclass, text[]) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION @extschema@.clip_auto_embed_sweep(regclass) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION @extschema@.clip_auto_embed_drop_triggers(regclass) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION @extschema@.clip_auto_embed_pick(regclass, text[], integer, text, text[]) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION @extschema@.clip_auto_embed_settle(regclass, text[], bigint[], text[], text[], text[],
+                                                              text[], integer[], boolean[], integer, interval, float8)
+    FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION @extschema@.clip_auto_embed_wake(boolean) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION @extschema@.clip_grant_backfill(regrole) FROM PUBLIC;

@@ -1,0 +1,272 @@
+//! Which database has an auto-embed worker, and how a committing transaction wakes it.
+//!
+//! A small table in shared memory (so it needs `shared_preload_libraries = 'pg_clip'`, which the worker
+//! needs anyway): one slot per database with automatic embedding, holding its worker's pid and latch and
+//! what the worker is doing. The triggers and `clip_auto_embed` only ask for a wake-up; the wake-up itself
+//! happens at COMMIT (a transaction callback), when the rows it is about are visible to the worker. If the
+//! database has no live worker then, the committing backend asks the postmaster to start one.
+//!
+//! The commit callback runs after the commit is durable, where an ERROR would be a PANIC: it takes an
+//! LWLock, sets a latch or registers a dynamic background worker, nothing that can fail short of a bug,
+//! and a Rust panic there is caught.
+
+use pgrx::lwlock::PgLwLock;
+use pgrx::pg_guard;
+use pgrx::pg_sys;
+use pgrx::shmem::PGRXSharedMemory;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Databases served at once. A database beyond this still gets a worker, but without wake-ups: it then
+/// finds changes by polling (see `worker::IDLE_POLL`).
+pub const MAX_DATABASES: usize = 64;
+
+/// How long a backend that found no live worker waits before asking the postmaster for another one: a
+/// worker asked for a moment ago is on its way (forking and connecting take milliseconds to seconds).
+const START_AGAIN_AFTER_MS: i64 = 10_000;
+
+/// What a worker is doing, as `clip_auto_embed_status.worker_state` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum WorkerState {
+    Starting = 1,
+    Idle = 2,
+    Embedding = 3,
+    Sweeping = 4,
+    /// Waiting after an error before trying again.
+    Backoff = 5,
+}
+
+impl WorkerState {
+    fn from_u8(value: u8) -> Option<Self> {
+        [Self::Starting, Self::Idle, Self::Embedding, Self::Sweeping, Self::Backoff].into_iter().find(|s| *s as u8 == value)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            WorkerState::Starting => "starting",
+            WorkerState::Idle => "idle",
+            WorkerState::Embedding => "embedding",
+            WorkerState::Sweeping => "sweeping",
+            WorkerState::Backoff => "backoff after an error",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+#[repr(C)]
+pub struct Slot {
+    /// The database's OID; 0 for a free slot.
+    database: u32,
+    /// The live worker's pid, 0 when there is none.
+    pid: i32,
+    /// The worker's process latch (`&MyProc->procLatch`: in shared memory, so valid in every backend).
+    latch: usize,
+    state: u8,
+    /// Milliseconds since the epoch: when a backend last asked the postmaster to start this worker.
+    start_requested_ms: i64,
+    /// When the live worker started.
+    started_ms: i64,
+}
+
+#[derive(Debug, Clone, Copy)]
+#[repr(C)]
+pub struct Registry {
+    slots: [Slot; MAX_DATABASES],
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry { slots: [Slot::default(); MAX_DATABASES] }
+    }
+}
+
+// SAFETY: Registry is plain old data (integers only, no pointers into process memory: the latch is an
+// address in shared memory, the same in every backend), so it may live in shared memory.
+unsafe impl PGRXSharedMemory for Registry {}
+
+// SAFETY: the name is a static C string; the lock is created by pg_shmem_init! in _PG_init while
+// shared_preload_libraries are loaded, before any backend can use it.
+static REGISTRY: PgLwLock<Registry> = unsafe { PgLwLock::new(c"pg_clip_auto_embed") };
+
+/// Whether the library was loaded by shared_preload_libraries, so that the registry exists. Set in the
+/// postmaster and inherited by every backend it forks.
+static PRELOADED: AtomicBool = AtomicBool::new(false);
+
+/// Reserves the registry's shared memory. Called from _PG_init, only while shared_preload_libraries are
+/// being loaded.
+pub fn init_shared_memory() {
+    pgrx::pg_shmem_init!(REGISTRY = Registry::default());
+    PRELOADED.store(true, Ordering::Relaxed);
+}
+
+pub fn preloaded() -> bool {
+    PRELOADED.load(Ordering::Relaxed)
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+impl Registry {
+    fn slot_of(&mut self, database: u32) -> Option<&mut Slot> {
+        self.slots.iter_mut().find(|s| s.database == database)
+    }
+
+    /// The database's slot, or a free one made its own: never used, or left by a worker long gone.
+    fn slot_for(&mut self, database: u32) -> Option<&mut Slot> {
+        if let Some(i) = self.slots.iter().position(|s| s.database == database) {
+            return Some(&mut self.slots[i]);
+        }
+        let now = now_ms();
+        let free = self.slots.iter().position(|s| {
+            s.database == 0 || (s.pid == 0 && now - s.start_requested_ms > 10 * START_AGAIN_AFTER_MS)
+        })?;
+        let slot = &mut self.slots[free];
+        *slot = Slot { database, ..Slot::default() };
+        Some(slot)
+    }
+}
+
+/// What a backend sees of its database's worker (clip_auto_embed_worker()).
+#[derive(Debug, Clone, Default)]
+pub struct WorkerInfo {
+    pub pid: Option<i32>,
+    pub state: Option<&'static str>,
+    pub started_ms: Option<i64>,
+}
+
+pub fn worker_info(database: pg_sys::Oid) -> WorkerInfo {
+    if !preloaded() {
+        return WorkerInfo::default();
+    }
+    let registry = REGISTRY.share();
+    match registry.slots.iter().find(|s| s.database == database.to_u32() && s.pid != 0) {
+        Some(slot) => WorkerInfo {
+            pid: Some(slot.pid),
+            state: WorkerState::from_u8(slot.state).map(WorkerState::name),
+            started_ms: Some(slot.started_ms),
+        },
+        None => WorkerInfo::default(),
+    }
+}
+
+/// Claims the database's slot for the calling worker process. Returns false if another live worker
+/// already serves the database (two were started at once): the caller then leaves.
+pub fn claim(database: pg_sys::Oid) -> bool {
+    let mut registry = REGISTRY.exclusive();
+    let Some(slot) = registry.slot_for(database.to_u32()) else {
+        pgrx::warning!(
+            "pg_clip: more than {MAX_DATABASES} databases embed automatically; this one's worker polls instead of being woken"
+        );
+        return true;
+    };
+    // SAFETY: reading the process-global pid and latch pointer of this process; MyLatch points to this
+    // backend's PGPROC latch in shared memory once the worker is connected.
+    let (me, latch) = unsafe { (pg_sys::MyProcPid, pg_sys::MyLatch as usize) };
+    if slot.pid != 0 && slot.pid != me && process_alive(slot.pid) {
+        return false;
+    }
+    slot.pid = me;
+    slot.latch = latch;
+    slot.state = WorkerState::Starting as u8;
+    slot.started_ms = now_ms();
+    slot.start_requested_ms = 0;
+    true
+}
+
+/// Gives the slot up (the worker is leaving). Only the worker that holds it can.
+pub fn release(database: pg_sys::Oid) {
+    if !preloaded() {
+        return;
+    }
+    let mut registry = REGISTRY.exclusive();
+    // SAFETY: reading this process's pid.
+    let me = unsafe { pg_sys::MyProcPid };
+    if let Some(slot) = registry.slot_of(database.to_u32()).filter(|s| s.pid == me) {
+        slot.pid = 0;
+        slot.latch = 0;
+        slot.state = 0;
+        // The next commit that wants a worker starts one at once.
+        slot.start_requested_ms = 0;
+    }
+}
+
+pub fn set_state(database: pg_sys::Oid, state: WorkerState) {
+    let mut registry = REGISTRY.exclusive();
+    // SAFETY: reading this process's pid.
+    let me = unsafe { pg_sys::MyProcPid };
+    if let Some(slot) = registry.slot_of(database.to_u32()).filter(|s| s.pid == me) {
+        slot.state = state as u8;
+    }
+}
+
+fn process_alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists; nothing is sent.
+    unsafe { libc::kill(pid, 0) == 0 }
+}
+
+// What this backend's current transaction asks for at COMMIT.
+const WAKE: u8 = 1;
+const START: u8 = 2;
+static AT_COMMIT: AtomicU8 = AtomicU8::new(0);
+static CALLBACK_REGISTERED: AtomicBool = AtomicBool::new(false);
+
+/// Asks for this database's worker to be woken when the current transaction commits (the trigger's rows
+/// are visible then), and started if it is not running: always when `start_worker`, else if nobody asked
+/// for one recently. Nothing happens if the transaction aborts. Does nothing without the registry (the
+/// library not preloaded); `clip_auto_embed` refuses to start in that case.
+pub fn wake_at_commit(start_worker: bool) {
+    if !preloaded() {
+        return;
+    }
+    if !CALLBACK_REGISTERED.swap(true, Ordering::Relaxed) {
+        // SAFETY: registers a plain C callback for the life of this backend; no argument is passed.
+        unsafe { pg_sys::RegisterXactCallback(Some(on_transaction_end), std::ptr::null_mut()) };
+    }
+    AT_COMMIT.fetch_or(WAKE | if start_worker { START } else { 0 }, Ordering::Relaxed);
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_transaction_end(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
+    use pg_sys::XactEvent::*;
+    match event {
+        XACT_EVENT_COMMIT => {
+            let wanted = AT_COMMIT.swap(0, Ordering::Relaxed);
+            if wanted != 0 {
+                // Never let a panic out of here: after the commit, an ERROR is a PANIC.
+                let _ = std::panic::catch_unwind(|| wake_or_start(wanted & START != 0));
+            }
+        }
+        // A prepared transaction commits later, maybe in another backend; the worker's poll finds its rows.
+        XACT_EVENT_ABORT | XACT_EVENT_PREPARE | XACT_EVENT_PARALLEL_ABORT => {
+            AT_COMMIT.store(0, Ordering::Relaxed);
+        }
+        _ => {}
+    }
+}
+
+fn wake_or_start(start_requested: bool) {
+    // SAFETY: MyDatabaseId is set for the life of a connected backend.
+    let database = unsafe { pg_sys::MyDatabaseId };
+    let start = {
+        let mut registry = REGISTRY.exclusive();
+        let Some(slot) = registry.slot_for(database.to_u32()) else { return };
+        if slot.pid != 0 && slot.latch != 0 && process_alive(slot.pid) {
+            // SAFETY: the latch is the worker's PGPROC latch, in shared memory; setting a latch whose owner
+            // has gone is a harmless spurious wake-up of whoever owns that PGPROC now.
+            unsafe { pg_sys::SetLatch(slot.latch as *mut pg_sys::Latch) };
+            false
+        } else {
+            let now = now_ms();
+            let due = start_requested || now - slot.start_requested_ms > START_AGAIN_AFTER_MS;
+            if due {
+                slot.start_requested_ms = now;
+            }
+            due
+        }
+    };
+    if start {
+        super::worker::start_database_worker(database);
+    }
+}
