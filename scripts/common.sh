@@ -72,6 +72,21 @@ cluster_start() {  # $1 = name (dir under target/clusters), $2 = port
   export PGHOST=$dir PGPORT=$port PGUSER=postgres
 }
 
+# The demo's background services, the 'By photo' page and its image host, by the pid files demo.sh keeps under
+# target/. A pid is signalled only while it still runs the program that wrote it (pids are reused).
+demo_services_stop() {
+  local name program pid
+  for name in page http; do
+    if [ "$name" = page ]; then program=examples/search_service.py; else program=tests/http/server.py; fi
+    pid=$(cat "$ROOT/target/demo-$name.pid" 2>/dev/null || true)
+    if [ -n "$pid" ] && tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$program"; then
+      kill "$pid" 2>/dev/null || true
+      for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    fi
+    rm -f "$ROOT/target/demo-$name.pid"
+  done
+}
+
 cluster_stop() {  # $1 = name
   local dir=$ROOT/target/clusters/$1
   if [ -f "$dir/data/PG_VERSION" ]; then
