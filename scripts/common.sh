@@ -79,7 +79,7 @@ demo_services_stop() {
   for name in page http; do
     if [ "$name" = page ]; then program=examples/search_service.py; else program=tests/http/server.py; fi
     pid=$(cat "$ROOT/target/demo-$name.pid" 2>/dev/null || true)
-    if [ -n "$pid" ] && tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$program"; then
+    if [ -n "$pid" ] && tr '\0' ' ' 2>/dev/null < "/proc/$pid/cmdline" | grep -q -- "$program"; then
       kill "$pid" 2>/dev/null || true
       for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     fi
