@@ -155,6 +155,10 @@ def shot(name, full=True):
     js("document.querySelectorAll('img[loading=lazy]').forEach(i => { i.loading = 'eager'; })")
     wait(lambda d: js("return Array.from(document.querySelectorAll('#results img.photo'))"
                       ".every(i => i.complete && i.naturalWidth > 0)"), 15)
+    # Loaded is not yet painted (decoding="async"): wait for the decoding, then for a frame.
+    driver.execute_async_script("""const done = arguments[arguments.length - 1];
+        Promise.all(Array.from(document.images).map(i => i.decode().catch(() => null)))
+          .then(() => requestAnimationFrame(() => requestAnimationFrame(() => done())));""")
     size = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
     picture = driver.execute_cdp_cmd("Page.captureScreenshot", {
         "format": "png", "captureBeyondViewport": True,
