@@ -424,7 +424,7 @@ try:
           phone["cards"] == PAGE_SIZE and 120 <= phone["cardWidth"] <= 195 and phone["font"] >= 16
           and phone["buttons"] >= 40, phone)
     check("... and 'Take a photo' (camera capture) is offered on a touch screen", phone["camera"] != "none", phone)
-    shot("08-phone", full=False)
+    shot("08-phone")
     driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
     driver.execute_cdp_cmd("Emulation.setTouchEmulationEnabled", {"enabled": False})
 
