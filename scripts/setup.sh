@@ -9,9 +9,11 @@ CARGO_PGRX_VERSION=0.18.1
 log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
 
-# 1. PostgreSQL server + headers + clang (bindgen) from Debian.
+# 1. PostgreSQL server + headers + clang (bindgen) from Debian; Chromium and its WebDriver for the browser test of
+#    the example application's page (tests/clients/test_page.py).
 need_apt=()
-for p in postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR libclang-dev clang nasm sudo dpkg-dev build-essential pkg-config python3-venv; do
+for p in postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR libclang-dev clang nasm sudo dpkg-dev build-essential pkg-config python3-venv \
+         chromium chromium-driver; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || need_apt+=("$p")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -3,7 +3,8 @@
 #   1. Rust unit tests and the preprocessing fidelity test (plain cargo test, no server);
 #   2. the model tool: export the seeded random-weight model, graph fidelity ONNX vs PyTorch;
 #   3. SQL tests (pg_regress) against a real PostgreSQL with real pgvector and the installed extension, and
-#      the example application (examples/search_service.py) against the same server.
+#      the example application (examples/search_service.py) against the same server, its page in headless
+#      Chromium included.
 source "$(dirname "$0")/common.sh"
 "$ROOT/scripts/setup.sh"
 cd "$ROOT"
@@ -62,6 +63,11 @@ log "3/3 URL backfill: killed mid-run, resumed; cancel of stalled downloads (psy
 PG_CLIP_TEST_HTTP=http://127.0.0.1:$http_port \
   "$PY" tests/clients/test_backfill.py "host=$PGHOST port=$PGPORT user=postgres dbname=pg_clip_regress"
 
+log "3/3 the 'By photo' page in headless Chromium (selenium), screenshots in target/page-screenshots/"
+PG_CLIP_TEST_HTTP=http://127.0.0.1:$http_port \
+  "$PY" tests/clients/test_page.py "host=$PGHOST port=$PGPORT user=postgres dbname=pg_clip_regress" "$work"
+
+# Last: it restarts the cluster and kills its postmaster on purpose.
 log "3/3 automatic embedding: the background worker through restarts, faults, two databases (psycopg)"
 pg_ctl_command="$PG_BIN/pg_ctl -D $ROOT/target/clusters/regress/data -l $ROOT/target/clusters/regress/server.log"
 [ "$(id -u)" = 0 ] && pg_ctl_command="runuser -u postgres -- env -u RUST_BACKTRACE -u RUST_LIB_BACKTRACE $pg_ctl_command"

@@ -22,14 +22,19 @@ with psycopg.connect(dsn, autocommit=True) as conn:
     conn.execute("SET client_min_messages = error")
     conn.execute("CREATE EXTENSION IF NOT EXISTS pg_clip CASCADE")
     conn.execute("DROP TABLE IF EXISTS client_catalog")
-    conn.execute("CREATE TABLE client_catalog (product_id int, image_embedding vector(512))")
+    # The catalogue's shape: the application answers with each result's image_id (its photo, "more like this").
+    conn.execute("CREATE TABLE client_catalog (image_id int PRIMARY KEY, product_id int, image_url text, "
+                 "image_embedding vector(512))")
     for i, name in enumerate(photos, start=1):
-        conn.execute("INSERT INTO client_catalog VALUES (%s, clip_embed_bytes(%s))", (i, (inputs / name).read_bytes()))
+        conn.execute("INSERT INTO client_catalog (image_id, product_id, image_embedding) VALUES (%s, %s, clip_embed_bytes(%s))",
+                     (i, i, (inputs / name).read_bytes()))
     conn.execute("CREATE INDEX ON client_catalog USING hnsw (image_embedding vector_cosine_ops)")
 
+# The application's own log (the database's messages behind each error sentence) goes to a file, not here.
+(root / "target").mkdir(exist_ok=True)
 service = subprocess.Popen(
     [sys.executable, str(root / "examples/search_service.py"), "--dsn", dsn, "--port", "0", "--table", "client_catalog"],
-    stdout=subprocess.PIPE, text=True)
+    stdout=subprocess.PIPE, stderr=open(root / "target/search-service.log", "w"), text=True)
 try:
     base = service.stdout.readline().strip().split()[-1]
 

@@ -28,6 +28,11 @@ astronaut.save(out / "astronaut.bmp")
 astronaut.save(out / "astronaut.jpg", quality=92)
 shutil.copy(data / "chelsea.png", out / "chelsea.png")
 shutil.copy(data / "coffee.png", out / "coffee.png")
+# More of them for the catalogue of the page's browser test (tests/clients/test_page.py): pictures that differ.
+# Top level, as the test image host serves no subdirectories.
+for name in ("rocket.jpg", "motorcycle_left.png", "hubble_deep_field.jpg", "retina.jpg", "ihc.png", "camera.png",
+             "moon.png", "coins.png", "brick.png"):
+    shutil.copy(data / name, out / name)
 
 # The same pixels in every lossless format must give the same vector.
 rng = np.random.default_rng(7)
