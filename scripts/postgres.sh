@@ -196,6 +196,7 @@ build_postgres() {
 build_pgvector() {
   local orig up ver b stage t0 deps pgv
   pgv=$(installed_version "postgresql-$N")
+  apt_install build-essential curl
   # sid's, not trixie's: 0.8.0 (trixie) does not compile against PostgreSQL 18 (vacuum_delay_point() takes an
   # argument there); 0.8.1 and later support 13 to 18.
   orig=$(fetch_orig pgvector sid)
