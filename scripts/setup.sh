@@ -9,45 +9,37 @@ CARGO_PGRX_VERSION=0.18.1
 log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
 
-# 1. PostgreSQL server + headers + clang (bindgen) from Debian; Chromium and its WebDriver for the browser test of
-#    the example application's page (tests/clients/test_page.py).
+# 1. Build tools and clang (bindgen) from Debian; Chromium and its WebDriver for the browser test of the example
+#    application's page (tests/clients/test_page.py).
 need_apt=()
-for p in postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR libclang-dev clang nasm sudo dpkg-dev build-essential pkg-config python3-venv \
-         chromium chromium-driver; do
+for p in libclang-dev clang nasm sudo dpkg-dev build-essential pkg-config python3-venv chromium chromium-driver; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || need_apt+=("$p")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
   log "apt: installing ${need_apt[*]}"
-  # Don't let the Debian package create and start a cluster on 5432: pg_clip runs its own clusters.
-  $SUDO mkdir -p /etc/postgresql-common
-  grep -qs '^create_main_cluster' /etc/postgresql-common/createcluster.conf 2>/dev/null \
-    || echo 'create_main_cluster = false' | $SUDO tee -a /etc/postgresql-common/createcluster.conf >/dev/null
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 
-# 2. pgvector 0.8.0 built with PGXS from Debian trixie's source package (bookworm ships no pgvector for PG 15 >= 0.8).
-if [ ! -f "$($PG_CONFIG --sharedir)/extension/vector.control" ]; then
-  log "pgvector: building from Debian trixie source"
-  src=/etc/apt/sources.list.d/trixie-src.sources
-  if [ ! -f $src ]; then
-    printf 'Types: deb-src\nURIs: http://deb.debian.org/debian\nSuites: trixie\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' | $SUDO tee $src >/dev/null
-    $SUDO apt-get update -qq
-  fi
-  work=$(mktemp -d)
-  (cd "$work" && apt-get source -qq pgvector >/dev/null 2>&1 && cd pgvector-*/ \
-     && make -s PG_CONFIG=$PG_CONFIG OPTFLAGS="" >/dev/null && $SUDO make -s PG_CONFIG=$PG_CONFIG install >/dev/null)
-  rm -rf "$work"
-fi
+# 2. PostgreSQL $PG_MAJOR (15: bookworm's; 17, 18: built from Debian's source package) and pgvector for it, as
+#    Debian packages (postgresql-N, postgresql-N-pgvector), built once and cached: see scripts/postgres.sh.
+"$here/scripts/postgres.sh" "$PG_MAJOR"
 
 # 3. cargo-pgrx, pinned: 0.19 needs a newer rustc than this machine has.
 if ! cargo pgrx --version 2>/dev/null | grep -q "$CARGO_PGRX_VERSION"; then
   log "cargo-pgrx $CARGO_PGRX_VERSION: installing (a few minutes)"
   cargo install --locked cargo-pgrx --version "$CARGO_PGRX_VERSION" >/dev/null 2>&1
 fi
-if ! grep -qs "pg$PG_MAJOR" "${PGRX_HOME:-$HOME/.pgrx}/config.toml"; then
-  log "cargo pgrx init --pg$PG_MAJOR"
-  cargo pgrx init --pg$PG_MAJOR "$PG_CONFIG" >/dev/null
+# `cargo pgrx init` rewrites its config.toml with exactly the majors it is given: give it every installed one.
+init_args=() missing=0
+for v in 13 14 15 16 17 18; do
+  [ -x /usr/lib/postgresql/$v/bin/pg_config ] || continue
+  init_args+=(--pg$v /usr/lib/postgresql/$v/bin/pg_config)
+  grep -qs "^pg$v = " "${PGRX_HOME:-$HOME/.pgrx}/config.toml" || missing=1
+done
+if [ $missing = 1 ]; then
+  log "cargo pgrx init ${init_args[*]}"
+  cargo pgrx init "${init_args[@]}" >/dev/null
 fi
 
 # 4. Python tooling (model export, reference pipelines, fixtures) and the ONNX Runtime library, in a project venv.
