@@ -470,7 +470,13 @@ impl Worker {
 
     fn table_count(&self) -> Option<i64> {
         in_transaction("counting tables", || {
-            Spi::get_one::<i64>(&self.sql("SELECT count(*) FROM @extschema@.clip_auto_embed_tables"))
+            // (The table may be gone with the extension: then there is nothing to count.)
+            match Spi::get_one::<bool>(&self.sql(
+                "SELECT pg_catalog.to_regclass('@extschema@.clip_auto_embed_tables') IS NOT NULL",
+            )) {
+                Ok(Some(true)) => Spi::get_one::<i64>(&self.sql("SELECT count(*) FROM @extschema@.clip_auto_embed_tables")),
+                other => other.map(|_| Some(0)),
+            }
         })
         .ok()
         .and_then(|r| r.ok().flatten())
@@ -530,6 +536,15 @@ impl Worker {
 
     fn load_tables(&self) -> Result<Vec<Table>, pgrx::spi::SpiError> {
         Spi::connect_mut(|client| {
+            // pg_clip dropped (or re-created in another schema) since this worker started: nothing to serve
+            // here; a commit or the launcher starts a worker that knows the new schema.
+            let present = client
+                .select(&self.sql("SELECT pg_catalog.to_regclass('@extschema@.clip_auto_embed_tables') IS NOT NULL"), None, &[])?
+                .first()
+                .get_one::<bool>()?;
+            if present != Some(true) {
+                return Ok(Vec::new());
+            }
             // Tables dropped since they were turned on: forget them (their triggers went with them).
             client.update(
                 &self.sql(
