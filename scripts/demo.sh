@@ -49,6 +49,7 @@ chmod a+r "$query"
 bucket=$ROOT/target/pg_clip/demo-bucket
 rm -rf "$bucket" && mkdir -p "$bucket"
 cp "${photos[@]}" "$bucket/"
+cp "$query" "$bucket/new-product.jpg"  # the photo of a product added later, to show automatic embedding
 http_port=${DEMO_HTTP_PORT:-28837}
 setsid nohup "$PY" "$ROOT/tests/http/server.py" --host 127.0.0.1 --port "$http_port" --root "$bucket" \
   --pidfile "$ROOT/target/demo-http.pid" > "$ROOT/target/demo-http.log" 2>&1 < /dev/null &
@@ -61,15 +62,15 @@ for i in "${!photos[@]}"; do
 done
 values+=",(${#photos[@]} + 1, 9999, 'http://127.0.0.1:$http_port/img/discontinued-product.jpg')"
 
-psql -X -q -v ON_ERROR_STOP=1 -v query="$query" <<SQL
+psql -X -q -v ON_ERROR_STOP=1 -v query="$query" -v new_photo="http://127.0.0.1:$http_port/img/new-product.jpg" <<SQL
 \pset footer off
 -- Recreated, so a demo database from an earlier build gets this build's functions (nothing else here
 -- depends on the extension; pg_clip has no released version to upgrade from yet).
+DROP TABLE IF EXISTS image_embeddings;
 DROP EXTENSION IF EXISTS pg_clip;
 CREATE EXTENSION pg_clip CASCADE;
 SELECT model_version, random_weights, dimensions, onnxruntime_path FROM clip_model_info();
 \echo
-DROP TABLE IF EXISTS image_embeddings;
 -- The catalogue's table: a photo URL per product, the vector to fill in.
 CREATE TABLE image_embeddings (
   image_id int PRIMARY KEY, product_id int, image_url text, image_embedding vector(512), model_version text);
@@ -90,6 +91,23 @@ ANALYZE image_embeddings;
 PREPARE search(bytea) AS
   SELECT product_id, regexp_replace(image_url, '.*/', '') AS photo, round((image_embedding <=> clip_embed_bytes(\$1))::numeric, 4) AS distance
     FROM image_embeddings ORDER BY image_embedding <=> clip_embed_bytes(\$1) LIMIT 5;
+EXECUTE search(pg_read_binary_file(:'query'));
+\echo
+\echo 'Automatic embedding: from now on a background worker embeds new and changed products by itself.'
+SELECT clip_auto_embed('image_embeddings', 'image_url', 'image_embedding') AS rows_queued;
+-- A new product whose photo is the query photo above: once its vector is in, it is that search's first match.
+INSERT INTO image_embeddings (image_id, product_id, image_url) VALUES (1000, 2000, :'new_photo');
+DO \$\$
+DECLARE started timestamptz := clock_timestamp();
+BEGIN
+  WHILE clock_timestamp() < started + interval '60 seconds'
+        AND (SELECT image_embedding IS NULL FROM image_embeddings WHERE image_id = 1000) LOOP
+    PERFORM pg_sleep(0.05);
+  END LOOP;
+  RAISE NOTICE 'new product 2000: embedded by the worker % s after its INSERT committed',
+    round(extract(epoch FROM clock_timestamp() - started)::numeric, 2);
+END \$\$;
+SELECT relation, pending, embedded_last_minute, failed, worker_state FROM clip_auto_embed_status;
 EXECUTE search(pg_read_binary_file(:'query'));
 SQL
 cat <<'EOF2'
