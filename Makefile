@@ -3,6 +3,9 @@
 #                 and start the 'By photo' page over it on 127.0.0.1 (make stop stops it)
 #   make test   - every test (Rust, Python fidelity, pg_regress on a real server)
 # Each target installs what is missing first (scripts/setup.sh), so both work from a clean clone.
+# PG=17 (or 15, 18) picks the PostgreSQL major: `make test PG=17` runs the server-side tests against 17.
+PG ?= $(or $(PG_MAJOR),15)
+export PG_MAJOR := $(PG)
 .PHONY: demo test bench bench-memory bench-search bench-fetch bench-auto-embed setup install model stop clean
 
 demo:
@@ -38,7 +41,7 @@ install: setup
 # Stops the demo's page and image host and the local clusters the scripts started (their data stays under
 # target/clusters).
 stop:
-	bash -c 'source scripts/common.sh && demo_services_stop && cluster_stop demo && cluster_stop regress && cluster_stop bench'
+	bash -c 'source scripts/common.sh && demo_services_stop && clusters_stop_all'
 
 clean: stop
 	cargo clean

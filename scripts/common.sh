@@ -1,7 +1,10 @@
 # Shared settings for pg_clip's scripts (sourced, not run).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-PG_MAJOR=${PG_MAJOR:-15}
+# The PostgreSQL major the scripts build for and test against (make ... PG=17). 15 is Debian bookworm's own;
+# scripts/postgres.sh builds the others as packages.
+DEFAULT_PG_MAJOR=15
+PG_MAJOR=${PG_MAJOR:-$DEFAULT_PG_MAJOR}
 PG_BIN=/usr/lib/postgresql/$PG_MAJOR/bin
 PG_CONFIG=$PG_BIN/pg_config
 PY=$ROOT/.venv/bin/python
@@ -37,6 +40,13 @@ install_extension() {
   log "building and installing the extension (release)"
   local sudo_flag=""; [ "$(id -u)" = 0 ] || sudo_flag=--sudo
   (cd "$ROOT" && cargo pgrx install --release $sudo_flag --pg-config "$PG_CONFIG" >/dev/null)
+  # cargo pgrx installs the current version's script and the upgrade scripts (sql/pg_clip--A--B.sql); the
+  # install scripts of earlier releases, kept as released, go beside them (CREATE EXTENSION ... VERSION).
+  local released
+  for released in "$ROOT"/sql/pg_clip--*.sql; do
+    [[ "$(basename "$released")" =~ ^pg_clip--[^-]+\.sql$ ]] || continue
+    install -m 0644 "$released" "$("$PG_CONFIG" --sharedir)/extension/"
+  done
   local share pkglib
   share=$("$PG_CONFIG" --sharedir)/pg_clip
   pkglib=$("$PG_CONFIG" --pkglibdir)/pg_clip
@@ -58,12 +68,23 @@ install_extension() {
 # pg_clip is preloaded (shared_preload_libraries), as automatic embedding needs: its background workers
 # and their shared memory. A cluster preloads the library it found at start: after installing a new build,
 # restart it (cluster_restart) so that every backend runs the new one.
-cluster_options() {  # $1 = name, $2 = port: the server's command-line options
-  echo "-p $2 -k $ROOT/target/clusters/$1 -c listen_addresses='' -c shared_preload_libraries=pg_clip"
+# A cluster's directory: target/clusters/NAME for the default major, NAME-pgN for another (a data directory
+# belongs to one major).
+cluster_dir() {  # $1 = name
+  if [ "$PG_MAJOR" = "$DEFAULT_PG_MAJOR" ]; then echo "$ROOT/target/clusters/$1"; else echo "$ROOT/target/clusters/$1-pg$PG_MAJOR"; fi
+}
+
+# The server's command-line options. PG_CLIP_PRELOAD=0: without pg_clip in shared_preload_libraries (how a
+# session that loads the library itself behaves).
+cluster_options() {  # $1 = name, $2 = port
+  local preload=" -c shared_preload_libraries=pg_clip"
+  [ "${PG_CLIP_PRELOAD:-1}" = 1 ] || preload=""
+  echo "-p $2 -k $(cluster_dir "$1") -c listen_addresses=''$preload"
 }
 
 cluster_start() {  # $1 = name (dir under target/clusters), $2 = port
-  local dir=$ROOT/target/clusters/$1 port=$2
+  local dir port=$2
+  dir=$(cluster_dir "$1")
   mkdir -p "$dir"
   chmod a+rx "$ROOT/target" "$ROOT/target/clusters"
   chown "$(pg_owner)" "$dir"
@@ -100,7 +121,8 @@ demo_services_stop() {
 }
 
 cluster_stop() {  # $1 = name
-  local dir=$ROOT/target/clusters/$1
+  local dir
+  dir=$(cluster_dir "$1")
   if [ -f "$dir/data/PG_VERSION" ]; then
     as_pg "$PG_BIN/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null 2>&1 || true
   fi
@@ -171,4 +193,15 @@ start_photo_server() {
   done
   echo "the HTTP server did not start: $out/http.log" >&2
   return 1
+}
+
+# Every cluster under target/clusters, whatever its major (make stop).
+clusters_stop_all() {
+  local data major
+  for data in "$ROOT"/target/clusters/*/data; do
+    [ -f "$data/PG_VERSION" ] || continue
+    major=$(cat "$data/PG_VERSION")
+    [ -x "/usr/lib/postgresql/$major/bin/pg_ctl" ] || continue
+    as_pg "/usr/lib/postgresql/$major/bin/pg_ctl" -D "$data" -m fast -w stop >/dev/null 2>&1 || true
+  done
 }

@@ -67,8 +67,9 @@ static FETCH_CONCURRENCY: GucSetting<i32> = GucSetting::<i32>::new(16);
 // live in postgresql.conf or ALTER SYSTEM, and a reload (pg_reload_conf()) reaches the running worker.
 /// 64 rows a batch, as clip_backfill: enough to keep 16 downloads in flight, little to redo after a restart.
 static AUTO_EMBED_BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(64);
-/// s. The safety net for rows changed with the triggers off; changes themselves wake the worker at once.
-static AUTO_EMBED_SWEEP_INTERVAL_S: GucSetting<i32> = GucSetting::<i32>::new(300);
+/// s. Changes wake the worker at their commit; this only bounds how late it finds rows written with the
+/// triggers off (a look costs an index scan of the pending rows).
+static AUTO_EMBED_NAPTIME_S: GucSetting<i32> = GucSetting::<i32>::new(30);
 static AUTO_EMBED_MAX_ATTEMPTS: GucSetting<i32> = GucSetting::<i32>::new(5);
 /// ms. Transient failures wait this, then 4x longer each time: 10 s, 40 s, 160 s, 640 s (about 14 minutes
 /// until a photo host that stays down is given up on).
@@ -263,12 +264,13 @@ pub fn init() {
         GucFlags::default(),
     );
     GucRegistry::define_int_guc(
-        c"pg_clip.auto_embed_sweep_interval",
-        c"How often the auto-embed worker looks for rows with a URL and no vector that no trigger queued.",
-        c"Rows loaded with triggers disabled, for one. Changes made with the triggers on wake the worker at once.",
-        &AUTO_EMBED_SWEEP_INTERVAL_S,
+        c"pg_clip.auto_embed_naptime",
+        c"Longest time the auto-embed worker sleeps between looks for pending rows (a URL and no vector).",
+        c"Changes made with the triggers on wake it at their commit; this bounds how late it finds rows written with \
+          the triggers off.",
+        &AUTO_EMBED_NAPTIME_S,
         1,
-        7 * 24 * 3600,
+        24 * 3600,
         GucContext::Sighup,
         GucFlags::UNIT_S,
     );
@@ -383,7 +385,7 @@ pub fn fetch_config(concurrency: Option<i32>) -> crate::error::Result<FetchConfi
 #[derive(Debug, Clone, Copy)]
 pub struct AutoEmbedSettings {
     pub batch_size: usize,
-    pub sweep_interval: Duration,
+    pub naptime: Duration,
     pub max_attempts: i32,
     pub retry_delay: Duration,
     pub fault: AutoEmbedFault,
@@ -392,7 +394,7 @@ pub struct AutoEmbedSettings {
 pub fn auto_embed() -> AutoEmbedSettings {
     AutoEmbedSettings {
         batch_size: AUTO_EMBED_BATCH_SIZE.get().max(1) as usize,
-        sweep_interval: Duration::from_secs(AUTO_EMBED_SWEEP_INTERVAL_S.get().max(1) as u64),
+        naptime: Duration::from_secs(AUTO_EMBED_NAPTIME_S.get().max(1) as u64),
         max_attempts: AUTO_EMBED_MAX_ATTEMPTS.get().max(1),
         retry_delay: Duration::from_millis(AUTO_EMBED_RETRY_DELAY_MS.get().max(1) as u64),
         fault: AUTO_EMBED_FAULT.get(),

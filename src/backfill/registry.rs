@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Databases served at once. A database beyond this still gets a worker, but without wake-ups: it then
-/// finds changes by polling (see `worker::IDLE_POLL`).
+/// finds changes by looking every pg_clip.auto_embed_naptime.
 pub const MAX_DATABASES: usize = 64;
 
 /// How long a backend that found no live worker waits before asking the postmaster for another one: a

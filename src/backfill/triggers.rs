@@ -1,17 +1,18 @@
-//! The two row triggers `clip_auto_embed` installs on a table (see sql/auto_embed.sql for their WHEN
-//! clauses, which do the filtering, so that an unrelated change never reaches this code):
+//! The two triggers `clip_auto_embed` installs on a table (sql/auto_embed.sql):
 //!
-//! * `clip_auto_embed_inserted(key_column)`, AFTER INSERT, for rows with a URL and no vector: queues the row.
-//! * `clip_auto_embed_url_changed(vector_column, key_column, url_column, version_column)`, BEFORE UPDATE OF
-//!   the URL, when the URL changed and the vector was not written with it: clears the vector (and the
-//!   model_version) in the row being written, forgets the old photo's failure, and queues the row unless the
-//!   URL was cleared.
+//! * `clip_auto_embed_inserted()`, AFTER INSERT FOR EACH STATEMENT: asks for the worker to be woken at COMMIT.
+//!   Nothing per row: a new row with a URL and no vector is pending by its own state, and the worker finds it
+//!   through the table's partial index of pending rows. (A row trigger that queued each row cost bulk loads
+//!   4 to 7 times a plain INSERT; see the README's benchmark.)
+//! * `clip_auto_embed_url_changed(vector_column, key_column, version_column)`, BEFORE UPDATE OF the URL, when
+//!   the URL changed and the vector was not written with it (its WHEN clause): clears the vector (and the
+//!   model_version) in the row being written, so the old photo's vector never outlives the transaction,
+//!   forgets the old photo's failure record, and asks for the wake-up.
 //!
-//! Both ask for the worker to be woken when the transaction commits. The queue and the failure records
-//! belong to pg_clip, not to whoever writes the table: the few fixed statements here run as the bootstrap
-//! superuser (a local user-id switch, as a SECURITY DEFINER function would do), so an application role
-//! needs no privileges on pg_clip's tables. No user code runs under that switch: those tables have no
-//! triggers of their own.
+//! The failure records belong to pg_clip, not to whoever writes the table: the one fixed statement here runs
+//! as the bootstrap superuser (a local user-id switch, as a SECURITY DEFINER function would do), so an
+//! application role needs no privilege on pg_clip's tables. No user code runs under that switch: the table has
+//! no triggers of its own.
 
 use pgrx::prelude::*;
 use pgrx::spi::OwnedPreparedStatement;
@@ -23,11 +24,9 @@ use std::num::NonZeroUsize;
 use super::registry;
 use crate::error::PgClipError;
 
-/// Statements prepared once per backend (per pg_clip schema), reused by every row.
+/// The statement prepared once per backend (per pg_clip schema), reused by every row.
 struct Statements {
     schema: pg_sys::Oid,
-    enqueue: OwnedPreparedStatement,
-    dequeue: OwnedPreparedStatement,
     forget_failure: OwnedPreparedStatement,
 }
 
@@ -35,44 +34,24 @@ thread_local! {
     static STATEMENTS: RefCell<Option<Statements>> = const { RefCell::new(None) };
 }
 
-#[derive(Clone, Copy)]
-enum Action {
-    Enqueue,
-    Dequeue,
-    ForgetFailure,
-}
-
 #[pg_trigger]
 fn clip_auto_embed_inserted<'a>(
-    trigger: &'a PgTrigger<'a>,
+    _trigger: &'a PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, AllocatedByRust>>, std::convert::Infallible> {
-    queue_inserted(trigger).unwrap_or_else(|e| e.raise("clip_auto_embed_inserted"));
+    registry::wake_at_commit(false);
     Ok(None)
-}
-
-fn queue_inserted(trigger: &PgTrigger<'_>) -> Result<(), PgClipError> {
-    let args = arguments(trigger, 1)?;
-    let data = trigger.trigger_data();
-    // SAFETY: a row-level INSERT trigger: tg_trigtuple is the inserted row, described by the relation's
-    // tuple descriptor.
-    let key = unsafe { column_text(data.tg_relation, data.tg_trigtuple, &args[0]) }?;
-    if let Some(key) = key {
-        run(trigger, Action::Enqueue, &key)?;
-        registry::wake_at_commit(false);
-    }
-    Ok(())
 }
 
 #[pg_trigger]
 fn clip_auto_embed_url_changed<'a>(
     trigger: &'a PgTrigger<'a>,
 ) -> Result<Option<PgHeapTuple<'a, AllocatedByRust>>, std::convert::Infallible> {
-    Ok(Some(clear_and_queue(trigger).unwrap_or_else(|e| e.raise("clip_auto_embed_url_changed"))))
+    Ok(Some(clear_vector(trigger).unwrap_or_else(|e| e.raise("clip_auto_embed_url_changed"))))
 }
 
-fn clear_and_queue<'a>(trigger: &'a PgTrigger<'a>) -> Result<PgHeapTuple<'a, AllocatedByRust>, PgClipError> {
-    let args = arguments(trigger, 4)?;
-    let (vector_column, key_column, url_column, version_column) = (&args[0], &args[1], &args[2], &args[3]);
+fn clear_vector<'a>(trigger: &'a PgTrigger<'a>) -> Result<PgHeapTuple<'a, AllocatedByRust>, PgClipError> {
+    let args = arguments(trigger, 3)?;
+    let (vector_column, key_column, version_column) = (&args[0], &args[1], &args[2]);
     let data = trigger.trigger_data();
     let mut row = trigger
         .new()
@@ -83,15 +62,12 @@ fn clear_and_queue<'a>(trigger: &'a PgTrigger<'a>) -> Result<PgHeapTuple<'a, All
         // SAFETY: setting a column to NULL needs no datum of its type; attno is a valid attribute number.
         unsafe { row.set_by_index_unchecked(attno, None) };
     }
-    // SAFETY: tg_newtuple is the row being written (before our change, which touched neither key nor URL).
+    // SAFETY: tg_newtuple is the row being written (before our change, which did not touch the key).
     let key = unsafe { column_text(data.tg_relation, data.tg_newtuple, key_column) }?;
-    // SAFETY: as above.
-    let url = unsafe { column_text(data.tg_relation, data.tg_newtuple, url_column) }?;
     if let Some(key) = key {
-        run(trigger, Action::ForgetFailure, &key)?;
-        run(trigger, if url.is_some() { Action::Enqueue } else { Action::Dequeue }, &key)?;
-        registry::wake_at_commit(false);
+        forget_failure(trigger, &key)?;
     }
+    registry::wake_at_commit(false);
     Ok(row)
 }
 
@@ -133,15 +109,16 @@ unsafe fn column_text(
     }
 }
 
-/// Runs one of the bookkeeping statements for (the trigger's table, key), as the bootstrap superuser.
-fn run(trigger: &PgTrigger<'_>, action: Action, key: &str) -> Result<(), PgClipError> {
+/// Deletes the failure record of (the trigger's table, key), as the bootstrap superuser: it was about the old
+/// photo. (Without it, a permanent failure would keep the worker from ever trying the new one.)
+fn forget_failure(trigger: &PgTrigger<'_>, key: &str) -> Result<(), PgClipError> {
     let relid = trigger.relid().map_err(|e| PgClipError::runtime("pg_clip trigger", e))?;
     // pg_clip's schema: where the trigger function lives (the extension's schema).
     // SAFETY: tgfoid is the OID of the function this trigger calls, which exists while it runs.
     let schema = unsafe { pg_sys::get_func_namespace(trigger.trigger().tgfoid) };
     let (mut saved_user, mut saved_context) = (pg_sys::Oid::INVALID, 0);
-    // SAFETY: a local user-id switch around fixed statements on pg_clip's own tables; restored below, and
-    // by the (sub)transaction abort if one of them raises.
+    // SAFETY: a local user-id switch around a fixed statement on pg_clip's own table; restored below, and by
+    // the (sub)transaction abort if it raises.
     unsafe {
         pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_context);
         pg_sys::SetUserIdAndSecContext(
@@ -155,12 +132,7 @@ fn run(trigger: &PgTrigger<'_>, action: Action, key: &str) -> Result<(), PgClipE
             if cached.as_ref().is_none_or(|s| s.schema != schema) {
                 *cached = Some(prepare(client, schema)?);
             }
-            let statements = cached.as_ref().expect("prepared above");
-            let statement = match action {
-                Action::Enqueue => &statements.enqueue,
-                Action::Dequeue => &statements.dequeue,
-                Action::ForgetFailure => &statements.forget_failure,
-            };
+            let statement = &cached.as_ref().expect("prepared above").forget_failure;
             client.update(statement, None, &[relid.into(), key.into()]).map(|_| ())
         })
     });
@@ -176,22 +148,7 @@ fn prepare(client: &mut pgrx::spi::SpiClient<'_>, schema: pg_sys::Oid) -> pgrx::
         let name = pg_sys::get_namespace_name(schema);
         CStr::from_ptr(pg_sys::quote_identifier(name)).to_string_lossy().into_owned()
     };
-    let args = [PgOid::from(pg_sys::OIDOID), PgOid::from(pg_sys::TEXTOID)];
-    let keep = |sql: String| client.prepare_mut(sql.as_str(), &args).map(|s| s.keep());
-    // A row changed again before it was embedded keeps its place in the queue (queued_at) but takes a new
-    // change_id, which tells the worker that what it may be fetching is no longer current.
-    Ok(Statements {
-        schema,
-        enqueue: keep(format!(
-            "INSERT INTO {schema_sql}.clip_auto_embed_queue AS q (relation, row_key) VALUES ($1::regclass, $2) \
-             ON CONFLICT (relation, row_key) DO UPDATE \
-             SET change_id = nextval('{schema_sql}.clip_auto_embed_change_seq'), replace = false, not_before = NULL"
-        ))?,
-        dequeue: keep(format!(
-            "DELETE FROM {schema_sql}.clip_auto_embed_queue WHERE relation = $1::regclass AND row_key = $2"
-        ))?,
-        forget_failure: keep(format!(
-            "DELETE FROM {schema_sql}.clip_backfill_failures WHERE relation = $1::regclass AND row_key = $2"
-        ))?,
-    })
+    let sql = format!("DELETE FROM {schema_sql}.clip_backfill_failures WHERE relation = $1::regclass AND row_key = $2");
+    let statement = client.prepare_mut(sql.as_str(), &[PgOid::from(pg_sys::OIDOID), PgOid::from(pg_sys::TEXTOID)])?;
+    Ok(Statements { schema, forget_failure: statement.keep() })
 }

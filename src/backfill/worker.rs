@@ -7,13 +7,14 @@
 //!   no table to serve leaves at once. Then the launcher sleeps: it stays so that after a crash of any
 //!   backend, when the postmaster restarts everything, it comes back and brings the workers back with it.
 //! * A worker per database, started by the launcher, or by the commit of a transaction that turned
-//!   automatic embedding on or queued a row while no worker was running. It claims its database's slot
+//!   automatic embedding on or changed a row while no worker was running. It claims its database's slot
 //!   in shared memory (a second worker for the same database leaves), loads the model once, and then:
-//!   wait on its latch (set at commit by the triggers, see `registry`), embed what is due, table by table,
-//!   a few batches each before the next table gets its turn, sweep now and then, and leave when no table is
-//!   left. Each batch is one transaction: pick the next batch and claim it, embed the current one (as the
-//!   table's owner, see `as_table_owner`) while the next one downloads, settle the queue. A batch cut short
-//!   (SIGTERM, an error) is rolled back whole and done again later.
+//!   wait on its latch (set at commit by the triggers, see `registry`, or after pg_clip.auto_embed_naptime),
+//!   and table by table queue the pending rows (a URL and no vector, found through the table's partial
+//!   index) and embed what is due, a few batches each before the next table gets its turn; leave when no
+//!   table is left. Each batch is one transaction: pick the next batch and claim it, embed the current one
+//!   (as the table's owner, see `as_table_owner`) while the next one downloads, settle the queue. A batch cut
+//!   short (SIGTERM, an error) is rolled back whole and done again later.
 //!
 //! Signals: SIGTERM is Postgres's `die`, as in any backend: the next CHECK_FOR_INTERRUPTS (every 50 ms while
 //! downloads run, between inference runs of a few images) ends the process, whose transaction aborts. SIGHUP
@@ -34,9 +35,8 @@ use super::registry::{self, WorkerState};
 use crate::error::sqlstate_text;
 use crate::settings::{self, AutoEmbedFault, AutoEmbedSettings};
 
-/// The longest a worker sleeps without looking at its queue: the safety net for wake-ups that cannot
-/// reach it (a prepared transaction committed elsewhere, more databases than registry slots).
-const IDLE_POLL: Duration = Duration::from_secs(30);
+/// How often the launcher tries again to start a worker it could not (no free background worker slot).
+const LAUNCHER_RETRY: Duration = Duration::from_secs(30);
 /// Batches one table gets before the next table's turn.
 const BATCHES_PER_TURN: usize = 8;
 /// Seconds before the postmaster restarts a worker that exited with an error.
@@ -225,8 +225,6 @@ struct Table {
     key_column: String,
     owner: pg_sys::Oid,
     paused: bool,
-    /// Seconds since the last sweep; None if never swept.
-    since_sweep: Option<f64>,
     /// Seconds until the earliest retry that is not due yet.
     next_retry_in: Option<f64>,
 }
@@ -293,7 +291,7 @@ pub extern "C-unwind" fn pg_clip_launcher_main(_arg: pg_sys::Datum) {
     loop {
         pending.retain(|database| !probe(*database));
         // Databases whose worker could not be started (no free background worker slot) are tried again.
-        wait(if pending.is_empty() { None } else { Some(IDLE_POLL) });
+        wait(if pending.is_empty() { None } else { Some(LAUNCHER_RETRY) });
     }
 }
 
@@ -490,7 +488,7 @@ impl Worker {
         }
         self.tables.retain(|relation, _| tables.iter().any(|t| t.relation.to_u32() == *relation));
         let mut busy = false;
-        let mut next = IDLE_POLL;
+        let mut next = settings.naptime;
         for table in tables.iter().filter(|t| !t.paused) {
             let state = self.tables.entry(table.relation.to_u32()).or_default();
             if let Some(until) = state.wait_until {
@@ -501,26 +499,17 @@ impl Worker {
                 }
                 state.wait_until = None;
             }
-            let sweep_in = settings.sweep_interval.as_secs_f64() - table.since_sweep.unwrap_or(f64::INFINITY);
-            if sweep_in <= 0.0 {
-                registry::set_state(self.database, WorkerState::Sweeping);
-                report_activity(&format!("sweeping {}", table.name));
-                let swept = in_transaction("sweeping", || {
-                    Spi::get_one_with_args::<i64>(
-                        &self.sql("SELECT @extschema@.clip_auto_embed_sweep($1::regclass)"),
-                        &[table.relation.into()],
-                    )
-                });
-                match swept {
-                    Ok(Ok(Some(n))) if n > 0 => pgrx::log!("pg_clip auto-embed: the sweep of {} queued {n} rows", table.name),
-                    Ok(_) => {}
-                    Err(failure) => {
-                        self.table_failed(table, failure);
-                        continue;
-                    }
-                }
-            } else {
-                next = next.min(Duration::from_secs_f64(sweep_in));
+            // The pending rows into the queue: new rows, changed URLs, rows written with the triggers off.
+            registry::set_state(self.database, WorkerState::Sweeping);
+            let found = in_transaction("looking for pending rows", || {
+                Spi::get_one_with_args::<i64>(
+                    &self.sql("SELECT @extschema@.clip_auto_embed_sweep($1::regclass)"),
+                    &[table.relation.into()],
+                )
+            });
+            if let Err(failure) = found {
+                self.table_failed(table, failure);
+                continue;
             }
             registry::set_state(self.database, WorkerState::Embedding);
             match self.drain(table, settings) {
@@ -561,7 +550,6 @@ impl Worker {
                 &self.sql(
                     "SELECT c.relation::oid, c.relation::text, c.url_column::text, c.vector_column::text, \
                             c.key_column::text, r.relowner, c.paused, \
-                            extract(epoch FROM clock_timestamp() - c.last_sweep_at)::float8, \
                             (SELECT extract(epoch FROM min(q.not_before) - clock_timestamp())::float8 \
                                FROM @extschema@.clip_auto_embed_queue q \
                               WHERE q.relation = c.relation AND q.not_before > clock_timestamp()) \
@@ -581,8 +569,7 @@ impl Worker {
                     key_column: row.get(5)?.unwrap_or_default(),
                     owner: row.get(6)?.unwrap_or(pg_sys::Oid::INVALID),
                     paused: row.get(7)?.unwrap_or(false),
-                    since_sweep: row.get(8)?,
-                    next_retry_in: row.get(9)?,
+                    next_retry_in: row.get(8)?,
                 });
             }
             Ok(tables)

@@ -133,7 +133,7 @@ def main():
     admin = psycopg.connect(f"{conninfo} dbname=postgres", autocommit=True)
     # The worker's own settings (SIGHUP context: postgresql.auto.conf and a reload reach it).
     admin.execute("ALTER SYSTEM SET pg_clip.auto_embed_retry_delay = '500ms'")
-    admin.execute("ALTER SYSTEM SET pg_clip.auto_embed_sweep_interval = '3s'")
+    admin.execute("ALTER SYSTEM SET pg_clip.auto_embed_naptime = '3s'")
     admin.execute("SELECT pg_reload_conf()")
     make_database(admin, DB)
     conn = connect()
@@ -378,7 +378,7 @@ def main():
     else:
         check("found the postmaster", False)
     admin = psycopg.connect(f"{conninfo} dbname=postgres", autocommit=True)
-    for setting in ("auto_embed_retry_delay", "auto_embed_sweep_interval"):
+    for setting in ("auto_embed_retry_delay", "auto_embed_naptime"):
         admin.execute(f"ALTER SYSTEM RESET pg_clip.{setting}")
     admin.execute("SELECT pg_reload_conf()")
     for db in (DB, DB2):
