@@ -85,10 +85,15 @@ check "package files present (pg_clip.so, control, install script, libonnxruntim
     -a -f "$sharedir/extension/pg_clip--$version.sql" -a -f "$pkglibdir/pg_clip/libonnxruntime.so" \
     -a -x "$bindir/pg_clip_model"
 check "no model in the package" test ! -e "$model_dir"
+# The hand-written scripts (upgrade scripts, base scripts of earlier versions) ship next to the generated one.
+for f in sql/pg_clip--*.sql; do
+  [ -e "$f" ] || continue
+  check "package ships $f" cmp -s "$f" "$sharedir/extension/$(basename "$f")"
+done
 log "installing a model with $bindir/pg_clip_model --random --seed 42 (PYTHON=$PY)"
 t_model=$(date +%s)
 if PYTHON=$PY "$bindir/pg_clip_model" --random --seed 42 > "$ROOT/target/packages/pg_clip_model-$N.log" 2>&1; then
-  ok "pg_clip_model --random --seed 42 wrote $model_dir in $(( $(date +%s) - t_model ))s"
+  ok "pg_clip_model --random --seed 42 wrote $model_dir ($(du -sh "$model_dir" | cut -f1)) in $(( $(date +%s) - t_model ))s"
 else
   tail -n 20 "$ROOT/target/packages/pg_clip_model-$N.log"; fatal "pg_clip_model --random --seed 42"
 fi
