@@ -15,7 +15,8 @@
 #   5. dpkg -r: every file the package listed is gone, the model (not a package file) is left, and CREATE
 #      EXTENSION pg_clip fails in a new cluster; dpkg --purge then removes the model and the tool's venv cache.
 # Afterwards pg_clip is not installed for N: `make install` (PG_MAJOR=N) or the package puts it back.
-# Clusters: target/clusters/package-N and package-N-removed, ports $PACKAGE_TEST_PORT and the next one (28960).
+# Clusters: `package` and `package-removed` (common.sh's cluster_dir: target/clusters/package[-pgN]), ports
+# $PACKAGE_TEST_PORT (28960) and the next one.
 set -euo pipefail
 export PG_MAJOR=${1:-${PG_MAJOR:-15}}
 case $PG_MAJOR in 15|17|18) ;; *) echo "usage: $0 15|17|18" >&2; exit 2 ;; esac
@@ -40,8 +41,9 @@ sharedir=$("$PG_CONFIG" --sharedir)
 bindir=$("$PG_CONFIG" --bindir)
 model_dir=$sharedir/pg_clip/model
 venv_cache=/var/cache/$pkg
-clusters=$ROOT/target/clusters
-trap 'cluster_stop "package-$N"; cluster_stop "package-$N-removed"' EXIT
+cluster=$(cluster_dir package)
+removed_cluster=$(cluster_dir package-removed)
+trap 'cluster_stop package; cluster_stop package-removed' EXIT
 
 # 1. What the package depends on (postgresql-N, postgresql-N-pgvector: dpkg -i installs no dependency) and the
 #    project's venv; then the package, built when missing or older than what goes into it.
@@ -100,10 +102,10 @@ fi
 check "model readable by the server's user" as_pg test -r "$model_dir/manifest.json" -a -r "$model_dir/image.onnx.data"
 
 # 4. A throwaway cluster, library preloaded, photo search.
-rm -rf "${clusters:?}/package-$N" "${clusters:?}/package-$N-removed"
-if cluster_start "package-$N" "$port"; then ok "cluster of PostgreSQL $N started with shared_preload_libraries = pg_clip"
-else cat "$clusters/package-$N/server.log" 2>/dev/null | tail -n 20; fatal "cluster start"; fi
-photos=$clusters/package-$N/photos
+rm -rf "${cluster:?}" "${removed_cluster:?}"
+if cluster_start package "$port"; then ok "cluster of PostgreSQL $N started with shared_preload_libraries = pg_clip"
+else tail -n 20 "$cluster/server.log" 2>/dev/null; fatal "cluster start"; fi
+photos=$cluster/photos
 mkdir -p "$photos"
 bench_images "" 0 astronaut.png chelsea.png coffee.png rocket.jpg motorcycle_left.png hubble_deep_field.jpg \
   retina.jpg franz-kafka.jpg
@@ -145,7 +147,7 @@ plan=$(q -c "SET enable_seqscan = off" -c "$search" \
 check "the search runs on the HNSW index" grep -q 'Index Scan using photo_embedding_idx' <<< "$plan"
 check "the auto-embed launcher runs (library preloaded)" \
   test "$(q -c "SELECT count(*) FROM pg_stat_activity WHERE backend_type LIKE '%pg_clip%'")" -ge 1
-cluster_stop "package-$N"
+cluster_stop package
 
 # 5. Removal.
 if dpkg -r "$pkg" > "$ROOT/target/packages/dpkg-r-$N.log" 2>&1; then ok "dpkg -r $pkg"
@@ -165,18 +167,14 @@ if [ -f "$model_dir/manifest.json" ]; then
 else
   fail "dpkg -r removed the model $model_dir"
 fi
-rm -rf "${clusters:?}/package-$N-removed"
-mkdir -p "$clusters/package-$N-removed" && chown "$(pg_owner)" "$clusters/package-$N-removed"
-as_pg "$PG_BIN/initdb" -D "$clusters/package-$N-removed/data" -U postgres --auth=trust --no-sync >/dev/null
-as_pg "$PG_BIN/pg_ctl" -D "$clusters/package-$N-removed/data" -l "$clusters/package-$N-removed/server.log" -w \
-  -o "-p $((port + 1)) -k $clusters/package-$N-removed -c listen_addresses=''" start >/dev/null
-err=$(psql -X -q -At -h "$clusters/package-$N-removed" -p $((port + 1)) -U postgres -c "CREATE EXTENSION pg_clip CASCADE" \
-  postgres 2>&1 || true)
+# (not preloading pg_clip: a server does not start when a library it preloads is missing)
+PG_CLIP_PRELOAD=0 cluster_start package-removed $((port + 1))
+err=$(psql -X -q -At -c "CREATE EXTENSION pg_clip CASCADE" postgres 2>&1 || true)
 err=${err%%$'\n'*}
 check "CREATE EXTENSION pg_clip fails in a new cluster: ${err#ERROR:  }" grep -q 'is not available' <<< "$err"
 check "CREATE EXTENSION vector still works there" \
-  psql -X -q -h "$clusters/package-$N-removed" -p $((port + 1)) -U postgres -c "CREATE EXTENSION vector" postgres
-cluster_stop "package-$N-removed"
+  psql -X -q -c "CREATE EXTENSION vector" postgres
+cluster_stop package-removed
 if dpkg --purge "$pkg" > "$ROOT/target/packages/dpkg-purge-$N.log" 2>&1; then ok "dpkg --purge $pkg"
 else cat "$ROOT/target/packages/dpkg-purge-$N.log"; fail "dpkg --purge $pkg"; fi
 check "dpkg --purge removes the model and the tool's venv cache ($sharedir/pg_clip, $venv_cache)" \
