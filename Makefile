@@ -4,9 +4,12 @@
 #   make test   - every test (Rust, Python fidelity, pg_regress on a real server)
 # Each target installs what is missing first (scripts/setup.sh), so both work from a clean clone.
 # PG=17 (or 15, 18) picks the PostgreSQL major: `make test PG=17` runs the server-side tests against 17.
+#   make package PG=N       - target/packages/postgresql-N-pg-clip_<version>_amd64.deb (N = 15, 17, 18; default 15)
+#   make test-package PG=N  - installs that package where no build output is, searches, removes it
 PG ?= $(or $(PG_MAJOR),15)
 export PG_MAJOR := $(PG)
-.PHONY: demo test bench bench-memory bench-search bench-fetch bench-auto-embed setup install model stop clean
+.PHONY: demo test bench bench-memory bench-search bench-fetch bench-auto-embed setup install model stop clean \
+	package test-package
 
 demo:
 	scripts/demo.sh
@@ -31,6 +34,12 @@ bench-auto-embed:
 
 setup:
 	scripts/setup.sh
+
+package:
+	scripts/package.sh $(PG)
+
+test-package:
+	scripts/test_package.sh $(PG)
 
 model: setup
 	bash -c 'source scripts/common.sh && make_model'

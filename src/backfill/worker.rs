@@ -400,9 +400,13 @@ unsafe extern "C-unwind" fn on_exit(_code: std::ffi::c_int, arg: pg_sys::Datum) 
     registry::release(pg_sys::Oid::from(arg.value() as u32));
 }
 
+// proc_exit never returns, but PostgreSQL 18's bindings say `-> ()` (its header marks it with C11 _Noreturn, which
+// bindgen does not carry over): hence the unreachable!, dead code for 15 to 17.
+#[allow(unreachable_code)]
 fn leave() -> ! {
     // SAFETY: a clean exit: the postmaster forgets a dynamic worker that exits with 0.
-    unsafe { pg_sys::proc_exit(0) }
+    unsafe { pg_sys::proc_exit(0) };
+    unreachable!("proc_exit returned")
 }
 
 fn database_name(database: pg_sys::Oid) -> String {
