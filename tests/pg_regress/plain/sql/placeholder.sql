@@ -20,7 +20,9 @@ SET pg_clip.model_path = '/tmp/evil-model';
 -- Automatic embedding needs the library preloaded: refused, with the way to get it.
 \c - postgres
 CREATE TABLE shop (id int PRIMARY KEY, image_url text, image_embedding vector(512));
+\set SHOW_CONTEXT never
 SELECT clip_auto_embed('shop', 'image_url', 'image_embedding');
+\set SHOW_CONTEXT errors
 SELECT pid, state FROM clip_auto_embed_worker();
 DROP TABLE shop;
 DROP ROLE clip_placeholder;
