@@ -1,6 +1,7 @@
 //! Text tokenizers, pure (no Postgres, no ONNX Runtime).
 //!
-//! * [`clip`]: OpenAI CLIP's byte-level BPE for the CLIP text tower (`text.onnx`).
+//! * [`clip`]: OpenAI CLIP's byte-level BPE for the CLIP text tower (`text.onnx`): cleaning and pre-tokenizer
+//!   in Rust, merges by the Hugging Face `tokenizers` crate's BPE model.
 //! * [`wordpiece`]: BERT's cased WordPiece for the multilingual text tower (`text-multilingual.onnx`),
 //!   built on the Hugging Face `tokenizers` crate.
 #![forbid(unsafe_code)]
