@@ -167,6 +167,25 @@ impl WordPieceTokenizer {
         Self::from_tokenizer_json_named(&format!("tokenizer {}", path.display()), &text, max_length)
     }
 
+    /// The tokenizer a model directory's manifest names (`text_multilingual.tokenizer`): a `*.json` file is a
+    /// `tokenizer.json`, whose own normaliser settings must then be the manifest's; anything else a `vocab.txt`.
+    pub fn from_file(path: &Path, settings: &WordPieceSettings) -> Result<Self> {
+        if path.extension().is_some_and(|e| e == "json") {
+            let text = read_file(path, "tokenizer")?;
+            let what = format!("tokenizer {}", path.display());
+            let file_settings = json_settings(&what, &text, settings.max_length)?;
+            if &file_settings != settings {
+                return Err(PgClipError::model_invalid(
+                    what,
+                    format!("its settings {file_settings:?} are not the manifest's {settings:?}"),
+                ));
+            }
+            Self::from_tokenizer_json_named(&format!("tokenizer {}", path.display()), &text, settings.max_length)
+        } else {
+            Self::from_vocab_file(path, settings)
+        }
+    }
+
     fn from_vocab_named(what: &str, vocab_txt: &str, settings: &WordPieceSettings) -> Result<Self> {
         settings.check(what)?;
         let vocab = parse_vocab(vocab_txt);
@@ -203,20 +222,7 @@ impl WordPieceTokenizer {
     }
 
     fn from_tokenizer_json_named(what: &str, json: &str, max_length: usize) -> Result<Self> {
-        let file: tokenizers::Tokenizer =
-            json.parse().map_err(|e| PgClipError::model_invalid(what, format!("not a tokenizer.json: {e}")))?;
-        if !matches!(file.get_model(), ModelWrapper::WordPiece(_)) {
-            return Err(PgClipError::model_invalid(what, "its model is not WordPiece"));
-        }
-        let bert = match file.get_normalizer() {
-            Some(NormalizerWrapper::BertNormalizer(bert)) if bert.clean_text => *bert,
-            other => {
-                return Err(PgClipError::model_invalid(
-                    what,
-                    format!("its normalizer is {other:?}, not BERT's (BertNormalizer with clean_text)"),
-                ))
-            }
-        };
+        let (file, bert) = parse_tokenizer_json(what, json)?;
         let settings = WordPieceSettings {
             do_lower_case: bert.lowercase,
             strip_accents: bert.strip_accents,
@@ -308,6 +314,35 @@ impl WordPieceTokenizer {
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }
+}
+
+/// A BERT `tokenizer.json`: a WordPiece model and a `BertNormalizer` that cleans the text.
+fn parse_tokenizer_json(what: &str, json: &str) -> Result<(tokenizers::Tokenizer, BertNormalizer)> {
+    let file: tokenizers::Tokenizer =
+        json.parse().map_err(|e| PgClipError::model_invalid(what, format!("not a tokenizer.json: {e}")))?;
+    if !matches!(file.get_model(), ModelWrapper::WordPiece(_)) {
+        return Err(PgClipError::model_invalid(what, "its model is not WordPiece"));
+    }
+    let bert = match file.get_normalizer() {
+        Some(NormalizerWrapper::BertNormalizer(bert)) if bert.clean_text => *bert,
+        other => {
+            return Err(PgClipError::model_invalid(
+                what,
+                format!("its normalizer is {other:?}, not BERT's (BertNormalizer with clean_text)"),
+            ))
+        }
+    };
+    Ok((file, bert))
+}
+
+fn json_settings(what: &str, json: &str, max_length: usize) -> Result<WordPieceSettings> {
+    let (_, bert) = parse_tokenizer_json(what, json)?;
+    Ok(WordPieceSettings {
+        do_lower_case: bert.lowercase,
+        strip_accents: bert.strip_accents,
+        tokenize_chinese_chars: bert.handle_chinese_chars,
+        max_length,
+    })
 }
 
 /// `vocab.txt` as the slow tokenizer's `load_vocab` reads it: Python's universal newlines (`\n`, `\r\n` and `\r`
@@ -581,6 +616,23 @@ mod tests {
         }
         let err = WordPieceTokenizer::from_tokenizer_json(&hf_tokenizer_json(true), 128).unwrap_err();
         assert!(err.to_string().contains("cased"), "{err}");
+    }
+
+    #[test]
+    fn from_file_picks_the_format_by_name_and_checks_the_settings() {
+        let dir = std::env::temp_dir().join(format!("pg_clip-wordpiece-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (vocab, json) = (dir.join("text-multilingual.vocab.txt"), dir.join("text-multilingual.tokenizer.json"));
+        std::fs::write(&vocab, VOCAB).unwrap();
+        std::fs::write(&json, hf_tokenizer_json(false)).unwrap();
+        let settings = WordPieceSettings::multilingual_cased();
+        let a = WordPieceTokenizer::from_file(&vocab, &settings).unwrap();
+        let b = WordPieceTokenizer::from_file(&json, &settings).unwrap();
+        assert_eq!(a.encode("красный рюкзак").unwrap(), b.encode("красный рюкзак").unwrap());
+        let no_cjk = WordPieceSettings { tokenize_chinese_chars: false, ..settings };
+        let err = WordPieceTokenizer::from_file(&json, &no_cjk).unwrap_err();
+        assert!(err.to_string().contains("not the manifest's"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
