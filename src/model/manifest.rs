@@ -325,6 +325,7 @@ impl Manifest {
             mean: p.mean,
             std: p.std,
             apply_exif_orientation: true,
+            transparency: crate::image::Transparency::DropAlpha,
         }
     }
 }
