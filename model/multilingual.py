@@ -74,10 +74,10 @@ SPECIAL_TOKENS = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD
 
 VOCAB = "vocab.txt"
 TOKENIZER_JSON = "tokenizer.json"
-# bert-base-multilingual-cased's vocab.txt (119,547 lines); see /work/shared/vocab/README.md.
+# bert-base-multilingual-cased's vocab.txt (119,547 lines), committed beside this file: see model/vocab/README.md.
 VOCAB_SHA256 = "fe0fda7c425b48c516fc8f160d594c8022a0808447475c1a7c6d6479763f310c"
 VOCAB_ENV = "PG_CLIP_MULTILINGUAL_VOCAB"
-DEFAULT_VOCAB = Path("/work/shared/vocab/bert-base-multilingual-cased-vocab.txt")
+DEFAULT_VOCAB = Path(__file__).resolve().parent / "vocab" / "bert-base-multilingual-cased-vocab.txt"
 
 # Texts the fidelity checks embed (check_graph_fidelity.py, the int8 measurement at export): product queries in
 # Russian and other languages, mixed scripts, units, brands, emoji, an empty text and one cut at 128 tokens. All NFC
@@ -324,8 +324,8 @@ def load_checkpoint(ckpt: Checkpoint, attn_implementation: str = "eager"):
 
 
 def vocab_path() -> Path:
-    """bert-base-multilingual-cased's vocab.txt for random weights: $PG_CLIP_MULTILINGUAL_VOCAB, else the shared
-    copy. No package registry ships it (a real checkpoint brings its own)."""
+    """bert-base-multilingual-cased's vocab.txt for random weights: $PG_CLIP_MULTILINGUAL_VOCAB, else the copy
+    committed in model/vocab/. No package registry ships it (a real checkpoint brings its own)."""
     path = Path(os.environ.get(VOCAB_ENV) or DEFAULT_VOCAB)
     if not path.is_file():
         raise ExportError(f"{path}: bert-base-multilingual-cased's vocab.txt not found; set {VOCAB_ENV} to it "

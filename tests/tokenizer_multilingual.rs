@@ -6,9 +6,9 @@
 //! Lines with "ids_fast" are where the `tokenizers` crate's own BERT pipeline (what sentence-transformers runs)
 //! gives other ids; the test counts them and checks that their reasons are the four the module documents.
 //!
-//! The vocabulary (bert-base-multilingual-cased's vocab.txt, 995,526 bytes) is not committed. It is taken from
-//! $PG_CLIP_MULTILINGUAL_VOCAB, else the model directory `make model` writes, else
-//! /work/shared/vocab/bert-base-multilingual-cased-vocab.txt; the test fails if none exists.
+//! The vocabulary (bert-base-multilingual-cased's vocab.txt, 995,526 bytes) is committed as
+//! model/vocab/bert-base-multilingual-cased-vocab.txt (see its README); $PG_CLIP_MULTILINGUAL_VOCAB points the
+//! test at another copy.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -24,17 +24,13 @@ fn find_vocab() -> PathBuf {
         assert!(path.is_file(), "PG_CLIP_MULTILINGUAL_VOCAB={} is not a file", path.display());
         return path;
     }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let candidates = [
-        root.join("target/pg_clip/model-random-seed42/vocab.txt"),
-        PathBuf::from("/work/shared/vocab/bert-base-multilingual-cased-vocab.txt"),
-    ];
-    candidates.into_iter().find(|p| p.is_file()).unwrap_or_else(|| {
-        panic!(
-            "bert-base-multilingual-cased vocab.txt not found (target/pg_clip/model-random-seed42/vocab.txt, \
-             /work/shared/vocab/): set PG_CLIP_MULTILINGUAL_VOCAB=/path/to/vocab.txt"
-        )
-    })
+    let committed = Path::new(env!("CARGO_MANIFEST_DIR")).join("model/vocab/bert-base-multilingual-cased-vocab.txt");
+    assert!(
+        committed.is_file(),
+        "{} is missing: set PG_CLIP_MULTILINGUAL_VOCAB=/path/to/vocab.txt",
+        committed.display()
+    );
+    committed
 }
 
 fn ids_of(value: &Value) -> Vec<i64> {
