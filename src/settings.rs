@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use crate::fetch::{FetchConfig, FetchPolicy};
 
-use crate::image::ImageLimits;
+use crate::image::{ImageLimits, Transparency};
 use crate::model::encoder::{Precision, WeightSharing};
 
 /// A fault the auto-embed worker injects into each batch while set: how the tests prove that an ERROR or a
@@ -36,6 +36,15 @@ pub enum ImagePrecision {
     Int8,
 }
 
+/// What becomes of transparent pixels: transformers 4.x (drop alpha) or 5.x (composite onto white).
+#[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum TransparencySetting {
+    #[name = c"drop"]
+    Drop,
+    #[name = c"white"]
+    White,
+}
+
 static MODEL_PATH: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 static ONNXRUNTIME_PATH: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 static INTRA_OP_THREADS: GucSetting<i32> = GucSetting::<i32>::new(1);
@@ -50,6 +59,10 @@ static EXIF_ORIENTATION: GucSetting<bool> = GucSetting::<bool>::new(true);
 static SHARE_MODEL_WEIGHTS: GucSetting<bool> = GucSetting::<bool>::new(true);
 static PREPARED_MODEL_DIR: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 static IMAGE_PRECISION: GucSetting<ImagePrecision> = GucSetting::<ImagePrecision>::new(ImagePrecision::Fp32);
+/// Per session, like exif_orientation: it changes vectors, and which era the stored vectors came from is the
+/// application's knowledge. Default drop = transformers 4.x, what the stored vectors were made with.
+static IMAGE_TRANSPARENCY: GucSetting<TransparencySetting> =
+    GucSetting::<TransparencySetting>::new(TransparencySetting::Drop);
 static EMBEDDING_CACHE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(16);
 static ALLOWED_HOSTS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 static ALLOW_PRIVATE_ADDRESSES: GucSetting<bool> = GucSetting::<bool>::new(false);
@@ -166,6 +179,15 @@ pub fn init() {
         c"int8 is about 3.5x faster but its vectors are not bit-compatible with fp32 ones (see the README).",
         &IMAGE_PRECISION,
         GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_enum_guc(
+        c"pg_clip.image_transparency",
+        c"What becomes of transparent pixels: drop (transformers 4.x, the default) or white (transformers 5.x).",
+        c"drop keeps the colour stored under a transparent pixel, as Pillow's convert('RGB'); white composites the \
+          image onto white first. Use the one the stored vectors were made with.",
+        &IMAGE_TRANSPARENCY,
+        GucContext::Userset,
         GucFlags::default(),
     );
     GucRegistry::define_int_guc(
@@ -345,6 +367,14 @@ pub fn image_precision() -> Precision {
     match IMAGE_PRECISION.get() {
         ImagePrecision::Fp32 => Precision::Fp32,
         ImagePrecision::Int8 => Precision::Int8,
+    }
+}
+
+/// What becomes of transparent pixels before the resize.
+pub fn image_transparency() -> Transparency {
+    match IMAGE_TRANSPARENCY.get() {
+        TransparencySetting::Drop => Transparency::DropAlpha,
+        TransparencySetting::White => Transparency::OntoWhite,
     }
 }
 

@@ -24,6 +24,7 @@ fn embed_request() -> EmbedRequest {
         max_text_bytes: settings::max_text_bytes(),
         precision: settings::image_precision(),
         sharing: settings::weight_sharing(),
+        transparency: settings::image_transparency(),
     }
 }
 
@@ -52,8 +53,8 @@ fn emit_pending_warning() {
 
 /// CLIP image embedding of an encoded image (JPEG, PNG, WebP, GIF, BMP, TIFF), L2-normalised.
 ///
-/// STABLE, not IMMUTABLE: the result depends on pg_clip.model_path and pg_clip.exif_orientation, so it
-/// must not be folded into cached plans or expression indexes. A STABLE call in ORDER BY is evaluated once
+/// STABLE, not IMMUTABLE: the result depends on pg_clip.model_path, pg_clip.exif_orientation and
+/// pg_clip.image_transparency, so it must not be folded into cached plans or expression indexes. A STABLE call in ORDER BY is evaluated once
 /// by an index scan; a sequential scan evaluates it per row, which the per-backend cache turns into a
 /// lookup. COST 10000 (about 25 ms in the planner's units) tells the planner one call is expensive, which
 /// favours plans that evaluate it once. PARALLEL RESTRICTED: a parallel worker would load its own copy of

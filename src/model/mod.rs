@@ -15,11 +15,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::error::Result;
-use crate::image::{self, ImageLimits};
+use crate::image::{self, ImageLimits, PreprocessConfig, Transparency};
 use crate::tokenizer::ClipTokenizer;
 use cache::EmbeddingCache;
 use encoder::{ImageEncoder, LoadReport, Precision, Tower, TowerKind, WeightSharing};
-use manifest::ModelDir;
+use manifest::{Manifest, ModelDir};
 
 /// Everything an embedding (image or text) depends on besides the input, as read from the settings.
 #[derive(Debug, Clone)]
@@ -33,6 +33,8 @@ pub struct EmbedRequest {
     pub max_text_bytes: usize,
     pub precision: Precision,
     pub sharing: WeightSharing,
+    /// What becomes of transparent pixels (pg_clip.image_transparency).
+    pub transparency: Transparency,
 }
 
 impl EmbedRequest {
@@ -42,6 +44,15 @@ impl EmbedRequest {
             && tower.key.intra_op_threads == self.intra_op_threads
             && tower.key.precision == precision
             && tower.key.sharing == self.sharing
+    }
+
+    /// The image preprocessing: the manifest's constants with this request's EXIF and transparency settings.
+    pub fn preprocess_config(&self, manifest: &Manifest) -> PreprocessConfig {
+        PreprocessConfig {
+            apply_exif_orientation: self.exif_orientation,
+            transparency: self.transparency,
+            ..manifest.preprocess_config()
+        }
     }
 }
 
@@ -203,11 +214,7 @@ pub fn embed_image(bytes: &[u8], request: &EmbedRequest) -> Result<Arc<[f32]>> {
     state.cache.set_capacity(request.cache_size);
     let encoder = state.encoder(request)?;
     let context = cache_context(encoder, request);
-    let preprocess = {
-        let mut config = encoder.model.manifest.preprocess_config();
-        config.apply_exif_orientation = request.exif_orientation;
-        config
-    };
+    let preprocess = request.preprocess_config(&encoder.model.manifest);
     let tensor_len = encoder.tensor_len();
 
     if let Some(hit) = state.cache.get(context, bytes) {
@@ -243,6 +250,7 @@ fn cache_context(encoder: &ImageEncoder, request: &EmbedRequest) -> u64 {
     encoder.key.model_dir.hash(&mut hasher);
     encoder.key.onnx_sha256.hash(&mut hasher);
     request.exif_orientation.hash(&mut hasher);
+    request.transparency.hash(&mut hasher);
     request.limits.max_pixels.hash(&mut hasher);
     hasher.finish()
 }
