@@ -37,6 +37,13 @@
 //! Only the cased settings are supported: a lower-casing or accent-stripping BERT orders those steps around NFC
 //! differently in the two implementations, and no model pg_clip loads uses one.
 //!
+//! # Memory
+//! The crate's `WordPiece` model keeps the vocabulary twice, as `HashMap<String, u32>` and its reverse, with one
+//! heap allocation per token: 25 MB of heap for these 119,547 entries, in every backend that loads it. Its
+//! algorithm runs here unchanged ([`CompactWordPiece::tokenize`] is `WordPiece::tokenize` line for line) over the
+//! vocabulary stored as one string with an offset per id and a table of ids (about 3 MB); the rest of the
+//! pipeline is the crate's.
+//!
 //! Tokenizing never panics on any `&str` (a panic inside the crate is caught and reported as an error), and
 //! never starts threads: texts of a batch are encoded one after the other, not with the crate's rayon-based
 //! `encode_batch`, which would start a thread pool inside a Postgres backend.
@@ -49,13 +56,14 @@ use std::sync::Arc;
 use regex_syntax::hir::{Class, HirKind};
 use tokenizers::decoders::wordpiece::WordPiece as WordPieceDecoder;
 use tokenizers::models::bpe::Vocab;
-use tokenizers::models::wordpiece::WordPiece;
+use tokenizers::models::wordpiece::WordPieceTrainer;
 use tokenizers::normalizers::bert::BertNormalizer;
 use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
 use tokenizers::processors::template::TemplateProcessing;
 use tokenizers::{
-    AddedToken, DecoderWrapper, ModelWrapper, NormalizedString, Normalizer, NormalizerWrapper, PostProcessorWrapper,
-    PreTokenizerWrapper, TokenizerImpl, TruncationDirection, TruncationParams, TruncationStrategy,
+    AddedToken, DecoderWrapper, Model, ModelWrapper, NormalizedString, Normalizer, NormalizerWrapper,
+    PostProcessorWrapper, PreTokenizerWrapper, Token, TokenizerImpl, TruncationDirection, TruncationParams,
+    TruncationStrategy,
 };
 
 use crate::error::{PgClipError, Result};
@@ -125,7 +133,8 @@ pub struct Batch {
     pub sequence: usize,
 }
 
-type Inner = TokenizerImpl<ModelWrapper, SlowBertNormalizer, PreTokenizerWrapper, PostProcessorWrapper, DecoderWrapper>;
+type Inner =
+    TokenizerImpl<CompactWordPiece, SlowBertNormalizer, PreTokenizerWrapper, PostProcessorWrapper, DecoderWrapper>;
 
 /// The tokenizer. Build it once per backend (loading the 119,547-entry vocabulary takes tens of ms) and share it.
 pub struct WordPieceTokenizer {
@@ -195,13 +204,7 @@ impl WordPieceTokenizer {
             }
         }
         let (cls, sep) = (vocab["[CLS]"], vocab["[SEP]"]);
-        let model = WordPiece::builder()
-            .vocab(vocab)
-            .unk_token("[UNK]".into())
-            .continuing_subword_prefix("##".into())
-            .max_input_chars_per_word(MAX_INPUT_CHARS_PER_WORD)
-            .build()
-            .map_err(|e| PgClipError::model_invalid(what, e))?;
+        let model = CompactWordPiece::new(what, &vocab, "[UNK]", "##", MAX_INPUT_CHARS_PER_WORD)?;
         let template = TemplateProcessing::builder()
             .try_single("[CLS] $A [SEP]")
             .and_then(|t| t.try_pair("[CLS] $A [SEP] $B:1 [SEP]:1"))
@@ -210,7 +213,7 @@ impl WordPieceTokenizer {
             .build()
             .map_err(|e| PgClipError::model_invalid(what, e))?;
         let bert = BertNormalizer::new(true, settings.tokenize_chinese_chars, settings.strip_accents, false);
-        let mut inner = Inner::new(model.into());
+        let mut inner = Inner::new(model);
         inner.with_normalizer(Some(SlowBertNormalizer::new(bert)?)).map_err(|e| PgClipError::model_invalid(what, e))?;
         inner.with_pre_tokenizer(Some(BertPreTokenizer));
         inner.with_post_processor(Some(template));
@@ -232,7 +235,17 @@ impl WordPieceTokenizer {
         settings.check(what)?;
         let mut added: Vec<(u32, AddedToken)> = file.get_added_tokens_decoder().into_iter().collect();
         added.sort_by_key(|(id, _)| *id);
-        let mut inner = Inner::new(file.get_model().clone());
+        let ModelWrapper::WordPiece(wordpiece) = file.get_model() else {
+            return Err(PgClipError::model_invalid(what, "its model is not WordPiece"));
+        };
+        let model = CompactWordPiece::new(
+            what,
+            &wordpiece.get_vocab(),
+            &wordpiece.unk_token,
+            &wordpiece.continuing_subword_prefix,
+            wordpiece.max_input_chars_per_word,
+        )?;
+        let mut inner = Inner::new(model);
         inner.with_normalizer(Some(SlowBertNormalizer::new(bert)?)).map_err(|e| PgClipError::model_invalid(what, e))?;
         inner.with_pre_tokenizer(file.get_pre_tokenizer().cloned());
         inner.with_post_processor(file.get_post_processor().cloned());
@@ -313,6 +326,173 @@ impl WordPieceTokenizer {
     /// The vocabulary's size, special tokens included.
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
+    }
+}
+
+/// WordPiece with its vocabulary stored compactly (see the module documentation, "Memory"). Behaves as the crate's
+/// `WordPiece` built from the same vocabulary and settings; `tests` compares the two.
+#[derive(Debug, Clone)]
+pub struct CompactWordPiece {
+    /// Every token's text, one after another.
+    text: String,
+    /// Token `id`'s text is `text[spans[id].0 as usize..][..spans[id].1 as usize]`; ids without a token (a line
+    /// whose token a later line repeats) have `ABSENT` as their length.
+    spans: Vec<(u32, u32)>,
+    /// Open addressing with linear probing: ids, `EMPTY` where none, at most half full.
+    table: Vec<u32>,
+    /// Tokens in the vocabulary.
+    len: usize,
+    unk_token: String,
+    prefix: String,
+    max_input_chars_per_word: usize,
+}
+
+const EMPTY: u32 = u32::MAX;
+const ABSENT: u32 = u32::MAX;
+
+/// FNV-1a over the bytes of `parts` as if concatenated: "##" + a piece is looked up without building the string.
+/// The table holds a fixed vocabulary, so a query cannot lengthen its probes.
+fn fnv1a(parts: [&[u8]; 2]) -> u64 {
+    let mut hash = 0xcbf2_9ce4_8422_2325u64;
+    for byte in parts.into_iter().flatten() {
+        hash = (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
+
+impl CompactWordPiece {
+    /// From (token, id) pairs, each token once (a `Vocab`, or the crate's `WordPiece::get_vocab()`).
+    fn new<'a>(
+        what: &str,
+        vocab: impl IntoIterator<Item = (&'a String, &'a u32)>,
+        unk_token: &str,
+        prefix: &str,
+        max_input_chars_per_word: usize,
+    ) -> Result<Self> {
+        let mut entries: Vec<(&str, u32)> = vocab.into_iter().map(|(token, id)| (token.as_str(), *id)).collect();
+        entries.sort_unstable_by_key(|(_, id)| *id);
+        let count = entries.len();
+        let max_id = entries.last().map_or(0, |(_, id)| *id as usize);
+        // Ids are line numbers (vocab.txt) or dense (tokenizer.json); a sparse table would waste what this saves.
+        if max_id > 2 * count + 1024 || count >= (EMPTY as usize) / 2 {
+            return Err(PgClipError::model_invalid(
+                what,
+                format!("{count} tokens with ids up to {max_id}: not a WordPiece vocabulary"),
+            ));
+        }
+        let mut text = String::with_capacity(entries.iter().map(|(t, _)| t.len()).sum());
+        let mut spans = vec![(0, ABSENT); max_id + 1];
+        let mut table = vec![EMPTY; (2 * count).next_power_of_two().max(16)];
+        let mask = table.len() - 1;
+        for (token, id) in entries {
+            spans[id as usize] = (text.len() as u32, token.len() as u32);
+            text.push_str(token);
+            let mut slot = fnv1a([token.as_bytes(), b""]) as usize & mask;
+            while table[slot] != EMPTY {
+                slot = (slot + 1) & mask;
+            }
+            table[slot] = id;
+        }
+        if text.len() > ABSENT as usize {
+            return Err(PgClipError::model_invalid(what, "the vocabulary is larger than 4 GB"));
+        }
+        let model = CompactWordPiece {
+            text,
+            spans,
+            table,
+            len: count,
+            unk_token: unk_token.to_string(),
+            prefix: prefix.to_string(),
+            max_input_chars_per_word,
+        };
+        if model.token_to_id(unk_token).is_none() {
+            return Err(PgClipError::model_invalid(what, format!("it has no {unk_token} token")));
+        }
+        Ok(model)
+    }
+
+    fn token(&self, id: u32) -> Option<&str> {
+        let &(start, len) = self.spans.get(id as usize)?;
+        (len != ABSENT).then(|| &self.text[start as usize..][..len as usize])
+    }
+
+    /// The id of `prefix` + `piece`.
+    fn lookup(&self, prefix: &str, piece: &str) -> Option<u32> {
+        let mask = self.table.len() - 1;
+        let mut slot = fnv1a([prefix.as_bytes(), piece.as_bytes()]) as usize & mask;
+        loop {
+            let id = self.table[slot];
+            if id == EMPTY {
+                return None;
+            }
+            let token = self.token(id).unwrap_or_default();
+            if token.len() == prefix.len() + piece.len() && token.starts_with(prefix) && token.ends_with(piece) {
+                return Some(id);
+            }
+            slot = (slot + 1) & mask;
+        }
+    }
+
+    fn unk(&self, sequence: &str) -> tokenizers::Result<Vec<Token>> {
+        let id = self.token_to_id(&self.unk_token).ok_or("the vocabulary has no unknown token")?;
+        Ok(vec![Token { value: self.unk_token.clone(), id, offsets: (0, sequence.len()) }])
+    }
+}
+
+impl Model for CompactWordPiece {
+    type Trainer = WordPieceTrainer;
+
+    /// The crate's `WordPiece::tokenize`: greedy longest match first, `##` before every piece but the first, the
+    /// whole word one unknown token when it is longer than `max_input_chars_per_word` characters or when some
+    /// part of it matches nothing.
+    fn tokenize(&self, sequence: &str) -> tokenizers::Result<Vec<Token>> {
+        if sequence.chars().count() > self.max_input_chars_per_word {
+            return self.unk(sequence);
+        }
+        let mut pieces = Vec::new();
+        let mut start = 0;
+        while start < sequence.len() {
+            let mut end = sequence.len();
+            let prefix = if start > 0 { self.prefix.as_str() } else { "" };
+            let found = loop {
+                if start >= end {
+                    break None;
+                }
+                let piece = &sequence[start..end];
+                if let Some(id) = self.lookup(prefix, piece) {
+                    break Some(Token { id, value: format!("{prefix}{piece}"), offsets: (start, end) });
+                }
+                end -= piece.chars().last().map_or(1, char::len_utf8);
+            };
+            let Some(token) = found else { return self.unk(sequence) };
+            pieces.push(token);
+            start = end;
+        }
+        Ok(pieces)
+    }
+
+    fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.lookup("", token)
+    }
+
+    fn id_to_token(&self, id: u32) -> Option<String> {
+        self.token(id).map(str::to_string)
+    }
+
+    fn get_vocab(&self) -> std::collections::HashMap<String, u32> {
+        (0..self.spans.len() as u32).filter_map(|id| Some((self.token(id)?.to_string(), id))).collect()
+    }
+
+    fn get_vocab_size(&self) -> usize {
+        self.len
+    }
+
+    fn save(&self, _folder: &Path, _prefix: Option<&str>) -> tokenizers::Result<Vec<std::path::PathBuf>> {
+        Err("pg_clip's WordPiece reads vocabularies; it does not write them".into())
+    }
+
+    fn get_trainer(&self) -> WordPieceTrainer {
+        WordPieceTrainer::default()
     }
 }
 
@@ -467,6 +647,7 @@ impl Normalizer for SlowBertNormalizer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokenizers::models::wordpiece::WordPiece;
 
     const VOCAB: &str =
         "[PAD]\n[unused1]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nк\n##рас\n##ный\nр\n##юк\n##зак\nё\nе\n##\u{308}\n\
@@ -550,6 +731,44 @@ mod tests {
         assert_eq!(b.attention_mask, [1, 1, 1, 1, 1, 1, 0, 0, 1, 1, 1, 0]);
         let empty = t.encode_batch(&[]).unwrap();
         assert_eq!((empty.rows, empty.sequence, empty.input_ids.len()), (0, 0, 0));
+    }
+
+    #[test]
+    fn the_compact_model_tokenizes_as_the_crates_wordpiece() {
+        let vocab = parse_vocab(&format!("{VOCAB}##a\nab\n##ab\nк\n[UNK]\n"));
+        let crate_model = WordPiece::builder()
+            .vocab(vocab.clone())
+            .unk_token("[UNK]".into())
+            .continuing_subword_prefix("##".into())
+            .max_input_chars_per_word(MAX_INPUT_CHARS_PER_WORD)
+            .build()
+            .unwrap();
+        let compact = CompactWordPiece::new("test", &vocab, "[UNK]", "##", MAX_INPUT_CHARS_PER_WORD).unwrap();
+        assert_eq!(compact.get_vocab(), crate_model.get_vocab().into_iter().collect());
+        assert_eq!(compact.get_vocab_size(), crate_model.get_vocab_size());
+        // A repeated token keeps its last id; the earlier id has no token, in both.
+        for id in 0..vocab.len() as u32 + 3 {
+            assert_eq!(compact.id_to_token(id), crate_model.id_to_token(id), "{id}");
+        }
+        let pieces = ["a", "b", "ab", "к", "рас", "ный", "#", "##", "語", "x", "é", "\u{308}", "zz", "ё"];
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut words = vec![String::new(), "a".repeat(100), "a".repeat(101), "красный".into(), "##b".into()];
+        for _ in 0..5000 {
+            let mut word = String::new();
+            for _ in 0..(1 + state % 7) {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                word.push_str(pieces[(state % pieces.len() as u64) as usize]);
+            }
+            words.push(word);
+        }
+        for word in &words {
+            let ours = compact.tokenize(word).unwrap();
+            let theirs = crate_model.tokenize(word).unwrap();
+            let view = |t: &[Token]| t.iter().map(|t| (t.id, t.value.clone(), t.offsets)).collect::<Vec<_>>();
+            assert_eq!(view(&ours), view(&theirs), "{word:?}");
+        }
     }
 
     #[test]
