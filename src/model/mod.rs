@@ -33,6 +33,9 @@ pub struct EmbedRequest {
     pub max_text_bytes: usize,
     pub precision: Precision,
     pub sharing: WeightSharing,
+    /// Called while a load waits for another backend's preparation of the same model; may unwind (the SQL
+    /// layer passes CHECK_FOR_INTERRUPTS, so query cancel, statement_timeout and SIGTERM end the wait).
+    pub poll_interrupts: fn(),
 }
 
 impl EmbedRequest {
@@ -104,6 +107,7 @@ impl BackendState {
             self.cache.clear();
             let model = ModelDir::open(&request.model_dir)?;
             let runtime = runtime::runtime(&request.runtime_path)?;
+            let mut poll_interrupts = request.poll_interrupts;
             let (encoder, report) = Tower::load(
                 runtime,
                 model,
@@ -111,6 +115,7 @@ impl BackendState {
                 request.precision,
                 request.intra_op_threads,
                 &request.sharing,
+                &mut poll_interrupts,
             )?;
             self.warn_if_random(&encoder);
             if let (Some(note), "private (fallback)") = (&report.note, report.mode) {
@@ -142,6 +147,7 @@ impl BackendState {
             model.verify_file(&vocab, &checksum::ChecksumMemo::default())?;
             let tokenizer = ClipTokenizer::from_path(&model.file_path(&vocab)?)?;
             let runtime = runtime::runtime(&request.runtime_path)?;
+            let mut poll_interrupts = request.poll_interrupts;
             let (tower, _) = Tower::load(
                 runtime,
                 model,
@@ -149,6 +155,7 @@ impl BackendState {
                 Precision::Fp32,
                 request.intra_op_threads,
                 &request.sharing,
+                &mut poll_interrupts,
             )?;
             self.warn_if_random(&tower);
             self.text = Some((tower, tokenizer));
