@@ -184,6 +184,12 @@ fn clip_model_info() -> TableIterator<
         name!(prepared_path, Option<String>),
         name!(prepared_bytes, Option<i64>),
         name!(model_private_mb, Option<f64>),
+        // Appended, never inserted: applications may read the columns by position.
+        name!(load_waited_ms, Option<f64>),
+        name!(load_waited_for_pid, Option<i32>),
+        name!(text_load_mode, Option<String>),
+        name!(text_load_waited_ms, Option<f64>),
+        name!(text_load_waited_for_pid, Option<i32>),
     ),
 > {
     let request = embed_request();
@@ -216,6 +222,11 @@ fn clip_model_info() -> TableIterator<
         info.image_load.prepared_path.as_ref().map(|p| p.display().to_string()),
         info.image_load.prepared_bytes.map(|b| b as i64),
         info.image_load.private_kb.map(|kb| kb as f64 / 1024.0),
+        info.image_load.waited.map(ms),
+        info.image_load.waited_for_pid.map(|pid| pid as i32),
+        info.text_loaded.then(|| info.text_load.mode.to_string()),
+        info.text_load.waited.map(ms),
+        info.text_load.waited_for_pid.map(|pid| pid as i32),
     ))
 }
 

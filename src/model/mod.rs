@@ -62,6 +62,7 @@ pub(crate) struct BackendState {
     image_load: LoadReport,
     /// The text tower and its tokenizer: loaded only when text is first embedded.
     text: Option<(Tower, ClipTokenizer)>,
+    text_load: LoadReport,
     loaded_at: Option<SystemTime>,
     cache: EmbeddingCache,
     pub(crate) stats: Stats,
@@ -77,6 +78,7 @@ static STATE: Lazy<Mutex<BackendState>> = Lazy::new(|| {
         encoder: None,
         image_load: LoadReport::default(),
         text: None,
+        text_load: LoadReport::default(),
         loaded_at: None,
         cache: EmbeddingCache::new(0),
         stats: Stats::default(),
@@ -148,7 +150,7 @@ impl BackendState {
             let tokenizer = ClipTokenizer::from_path(&model.file_path(&vocab)?)?;
             let runtime = runtime::runtime(&request.runtime_path)?;
             let mut poll_interrupts = request.poll_interrupts;
-            let (tower, _) = Tower::load(
+            let (tower, report) = Tower::load(
                 runtime,
                 model,
                 TowerKind::Text,
@@ -159,6 +161,7 @@ impl BackendState {
             )?;
             self.warn_if_random(&tower);
             self.text = Some((tower, tokenizer));
+            self.text_load = report;
         }
         Ok(self.text.as_mut().expect("text tower was just set"))
     }
@@ -272,6 +275,7 @@ pub struct ModelInfo {
     pub intra_op_threads: usize,
     pub text_loaded: bool,
     pub image_load: LoadReport,
+    pub text_load: LoadReport,
     pub stats: Stats,
 }
 
@@ -305,6 +309,7 @@ pub fn model_info(request: &EmbedRequest) -> Result<ModelInfo> {
         intra_op_threads: request.intra_op_threads,
         text_loaded: state.text.is_some(),
         image_load: if loaded.is_some() { state.image_load.clone() } else { LoadReport::default() },
+        text_load: if state.text.is_some() { state.text_load.clone() } else { LoadReport::default() },
         stats: state.stats.clone(),
     })
 }
