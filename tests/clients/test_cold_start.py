@@ -157,12 +157,14 @@ def pool_cold_start(name, query, params, info_query):
     conns = [connect(path) for _ in range(N)]
     pids = [pid_of(c) for c in conns]
     calls, start = simultaneous(conns, query, params)
-    # While the preparer works, the waiters must sleep, not spin: CPU time over one second of the wait.
-    time.sleep(0.8)
+    # While the preparer works, the waiters must sleep, not spin: their CPU time over half a second from the
+    # moment the preparer announces itself (it has verified the sources, the others are waiting by then). The
+    # window counts only if the preparation was still going on at its end.
+    wait_for(lambda: lock_holder(path) is not None, WAIT_LIMIT, step=0.02)
     before = [cpu_seconds(p) for p in pids]
-    time.sleep(1.0)
+    time.sleep(0.5)
     after = [cpu_seconds(p) for p in pids]
-    still_preparing = all(c.seconds is None for c in calls)
+    still_preparing = all(c.seconds is None for c in calls) and not slots(path)
     done = all(c.finish() for c in calls)
     wall = time.monotonic() - start
     check(f"{name}: all {N} first calls answered", done and all(c.error is None for c in calls),
@@ -180,11 +182,11 @@ def pool_cold_start(name, query, params, info_query):
     if None in before or None in after:
         print(f"   (CPU of waiting backends not measured: the server's processes are not readable here)")
     elif not still_preparing:
-        print(f"   (CPU of waiting backends not measured: the preparation was over within 1.8 s)")
+        print(f"   (CPU of waiting backends not measured: the preparation ended within half a second of its start)")
     else:
         used = sorted(a - b for a, b in zip(after, before))
-        check(f"{name}: waiting backends do not spin (CPU over 1 s of waiting, busiest waiter {used[-2] * 1000:.0f} ms; "
-              f"the preparer {used[-1] * 1000:.0f} ms)", used[-2] < 0.1, used)
+        check(f"{name}: waiting backends do not spin (CPU over 0.5 s of waiting: busiest waiter {used[-2] * 1000:.0f} ms, "
+              f"the preparer {used[-1] * 1000:.0f} ms)", used[-2] <= 0.05, used)
     entries = listing(path)
     check(f"{name}: one prepared directory, its lock file, no temporary left",
           len(slots(path)) == 1 and sum(e.endswith(".lock") for e in entries) == 1
@@ -217,27 +219,30 @@ def cancel_waiters():
     query, params = "SELECT clip_embed_bytes(%s)::text", (PHOTO,)
     p_conn, p_pid, preparer, announced = start_preparer(path, query, params)
     check("cancel: the preparer announced itself in the lock file", announced)
+    # The preparer has announced itself: what is left of its preparation (ONNX Runtime, then writing and
+    # verifying 690 MB) takes more than a second even in a release build on an idle machine.
     w_conn = connect(path)
     w_pid = pid_of(w_conn)
     t_conn = connect(path)
-    t_conn.execute("SET statement_timeout = '1500ms'")
+    t_conn.execute("SET statement_timeout = '400ms'")
     waiter, timed = Call(w_conn, query, params), Call(t_conn, query, params)
     waiter.start()
     timed.start()
-    time.sleep(1.0)
-    preparing_at_cancel = preparer.is_alive()
+    time.sleep(0.3)
     cancelled_at = time.monotonic()
     admin.execute("SELECT pg_cancel_backend(%s)", (w_pid,))
     waiter.finish()
     after_cancel = time.monotonic() - cancelled_at
+    preparing_after_cancel = preparer.is_alive() and not slots(path)
     check(f"cancel: the waiter returned 57014 {after_cancel * 1000:.0f} ms after pg_cancel_backend (limit 1 s)",
           sqlstate(waiter.error) == "57014" and after_cancel < 1.0, repr(waiter.error))
     timed.finish()
-    check(f"cancel: the waiter with statement_timeout = 1500ms returned 57014 after {timed.seconds:.2f} s",
-          sqlstate(timed.error) == "57014" and 1.4 <= timed.seconds < 2.5, repr(timed.error))
+    preparing_after_timeout = preparer.is_alive() and not slots(path)
+    check(f"cancel: the waiter with statement_timeout = 400ms returned 57014 after {timed.seconds:.2f} s",
+          sqlstate(timed.error) == "57014" and 0.35 <= timed.seconds < 1.2, repr(timed.error))
+    check("cancel: the preparer was still preparing when each of them had returned",
+          preparing_after_cancel and preparing_after_timeout, (preparing_after_cancel, preparing_after_timeout))
     preparer.finish()
-    check("cancel: the preparer was still preparing meanwhile (it finished after both waiters had given up)",
-          preparing_at_cancel and preparer.started + preparer.seconds > timed.started + timed.seconds)
     mode = p_conn.execute("SELECT load_mode FROM clip_model_info()").fetchone()[0]
     check("cancel: the preparer went on and prepared the model", preparer.error is None and mode == "prepared",
           (repr(preparer.error), mode))
@@ -258,9 +263,11 @@ def terminate_preparer(reference):
     check("terminate: the preparer announced itself in the lock file", announced)
     conns = [connect(path) for _ in range(3)]
     waiters, _ = simultaneous(conns, query, params)
-    time.sleep(0.5)
+    time.sleep(0.3)
+    mid_way = preparer.is_alive() and not slots(path)
     terminated_at = time.monotonic()
     admin.execute("SELECT pg_terminate_backend(%s)", (p_pid,))
+    check("terminate: the signal reached the preparer in the middle of its preparation", mid_way)
     preparer.finish()
     gone = wait_for(lambda: admin.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s", (p_pid,))
                     .fetchone()[0] == 0, WAIT_LIMIT)
@@ -298,8 +305,8 @@ def crash_preparer(reference):
         print("   (skipped: the server's processes are not on this machine or not readable)")
         preparer.finish()
         return
-    wait_for(lambda: any(e.startswith(".tmp-") for e in listing(path)), 60)
-    time.sleep(0.5)
+    wait_for(lambda: any(e.startswith(".tmp-") for e in listing(path)), 60, step=0.02)
+    time.sleep(0.2)
     mid_way = preparer.is_alive() and not slots(path)
     try:
         os.kill(p_pid, signal.SIGKILL)
@@ -310,8 +317,10 @@ def crash_preparer(reference):
     check("crash: SIGKILL reached the preparer in the middle of its preparation", mid_way)
     preparer.finish()
     check("crash: the preparer's connection was lost", preparer.error is not None, repr(preparer.error))
+    # The postmaster ends every other backend too (ours included) before it restarts: wait until it has,
+    # or a connection made meanwhile would be ended as well.
+    wait_for(lambda: not alive(admin), 60, step=0.1)
     admin.close()
-    admin = None
     back = wait_for(lambda: reconnect_admin(), 120, step=0.5)
     check("crash: the server accepts connections again after its crash recovery", back)
     entries = listing(path)
@@ -329,6 +338,14 @@ def crash_preparer(reference):
           len(slots(path)) == 1 and not any(e.startswith(".tmp-") for e in entries), entries)
     conn.close()
     server_rm(path)
+
+
+def alive(conn):
+    try:
+        conn.execute("SELECT 1")
+        return True
+    except psycopg.Error:
+        return False
 
 
 def reconnect_admin():
