@@ -165,7 +165,13 @@ impl Tower {
                     Precision::Int8 => "image-int8",
                     Precision::Fp32 => kind.name(),
                 };
-                Some(PreparedSlot::new(cache_dir, &manifest.model_version, tower_name, &source_sha256, &runtime.version))
+                Some(PreparedSlot::new(
+                    cache_dir,
+                    &manifest.model_version,
+                    tower_name,
+                    &source_sha256,
+                    &runtime.version,
+                ))
             }
             WeightSharing::Private => None,
         };
