@@ -4,6 +4,44 @@
 -- with a fresh CREATE EXTENSION, object by object.
 \echo Use "ALTER EXTENSION pg_clip UPDATE" to load this file. \quit
 
+-- clip_model_info() gains columns at its end: how long a load waited for another backend's preparation of the
+-- shared model and for whom, and the text tower's load mode and wait. A result type cannot change in place, so
+-- it is dropped and created again (first: clip_backfill_model_version below names it in its body).
+DROP FUNCTION "clip_model_info"();
+CREATE FUNCTION "clip_model_info"() RETURNS TABLE (
+	"model_name" TEXT,  /* String */
+	"model_version" TEXT,  /* String */
+	"dimensions" INT,  /* i32 */
+	"random_weights" bool,  /* bool */
+	"model_path" TEXT,  /* String */
+	"image_model_file" TEXT,  /* String */
+	"image_model_sha256" TEXT,  /* String */
+	"loaded" bool,  /* bool */
+	"load_ms" double precision,  /* Option < f64 > */
+	"onnxruntime_path" TEXT,  /* String */
+	"onnxruntime_version" TEXT,  /* Option < String > */
+	"intra_op_threads" INT,  /* i32 */
+	"inferences" bigint,  /* i64 */
+	"cache_hits" bigint,  /* i64 */
+	"preprocess_ms_total" double precision,  /* f64 */
+	"inference_ms_total" double precision,  /* f64 */
+	"text_loaded" bool,  /* bool */
+	"precision" TEXT,  /* String */
+	"load_mode" TEXT,  /* Option < String > */
+	"load_note" TEXT,  /* Option < String > */
+	"prepared_path" TEXT,  /* Option < String > */
+	"prepared_bytes" bigint,  /* Option < i64 > */
+	"model_private_mb" double precision,  /* Option < f64 > */
+	"load_waited_ms" double precision,  /* Option < f64 > */
+	"load_waited_for_pid" INT,  /* Option < i32 > */
+	"text_load_mode" TEXT,  /* Option < String > */
+	"text_load_waited_ms" double precision,  /* Option < f64 > */
+	"text_load_waited_for_pid" INT  /* Option < i32 > */
+)
+STRICT VOLATILE PARALLEL RESTRICTED
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'clip_model_info_wrapper';
+
 CREATE FUNCTION "clip_auto_embed_wake"(
 	"start_worker" bool /* bool */
 ) RETURNS void

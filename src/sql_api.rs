@@ -24,7 +24,16 @@ fn embed_request() -> EmbedRequest {
         max_text_bytes: settings::max_text_bytes(),
         precision: settings::image_precision(),
         sharing: settings::weight_sharing(),
+        poll_interrupts,
     }
+}
+
+/// What a long wait inside the pure core calls between slices (waiting for another backend's preparation of
+/// the model, for downloads): query cancel, statement_timeout and SIGTERM raise here, as in any Postgres
+/// loop, and unwind through the core (which releases what it holds as it goes).
+fn poll_interrupts() {
+    pgrx::check_for_interrupts!();
+    exit_if_postmaster_died();
 }
 
 /// Runs the pure core; a panic inside it becomes an error of our own instead of pgrx's XX000. An ERROR
@@ -175,6 +184,12 @@ fn clip_model_info() -> TableIterator<
         name!(prepared_path, Option<String>),
         name!(prepared_bytes, Option<i64>),
         name!(model_private_mb, Option<f64>),
+        // Appended, never inserted: applications may read the columns by position.
+        name!(load_waited_ms, Option<f64>),
+        name!(load_waited_for_pid, Option<i32>),
+        name!(text_load_mode, Option<String>),
+        name!(text_load_waited_ms, Option<f64>),
+        name!(text_load_waited_for_pid, Option<i32>),
     ),
 > {
     let request = embed_request();
@@ -207,6 +222,11 @@ fn clip_model_info() -> TableIterator<
         info.image_load.prepared_path.as_ref().map(|p| p.display().to_string()),
         info.image_load.prepared_bytes.map(|b| b as i64),
         info.image_load.private_kb.map(|kb| kb as f64 / 1024.0),
+        info.image_load.waited.map(ms),
+        info.image_load.waited_for_pid.map(|pid| pid as i32),
+        info.text_loaded.then(|| info.text_load.mode.to_string()),
+        info.text_load.waited.map(ms),
+        info.text_load.waited_for_pid.map(|pid| pid as i32),
     ))
 }
 
@@ -219,7 +239,8 @@ fn clip_unload_model() -> bool {
 
 /// Embeds URLs through the batch pipeline with the session's settings. The downloads run on the fetch
 /// threads; this thread waits for them in short slices and checks for query cancel and statement_timeout
-/// between slices, so a stalled download stops within about a tenth of a second of the interrupt.
+/// between slices (`poll_interrupts`), so a stalled download stops within about a tenth of a second of the
+/// interrupt.
 fn embed_urls_or_raise(
     urls: &[Option<&str>],
     prefetch: &[&str],
@@ -228,11 +249,7 @@ fn embed_urls_or_raise(
 ) -> Vec<UrlOutcome> {
     let request = embed_request();
     let fetch = settings::fetch_config(concurrency).unwrap_or_else(|e| raise(e, function));
-    let mut poll_interrupts = || {
-        pgrx::check_for_interrupts!();
-        exit_if_postmaster_died();
-    };
-    let result = guarded(function, || url_batch::embed_urls(urls, prefetch, &request, &fetch, &mut poll_interrupts));
+    let result = guarded(function, || url_batch::embed_urls(urls, prefetch, &request, &fetch));
     emit_pending_warning();
     result.unwrap_or_else(|e| raise(e, function))
 }

@@ -33,6 +33,9 @@ pub struct EmbedRequest {
     pub max_text_bytes: usize,
     pub precision: Precision,
     pub sharing: WeightSharing,
+    /// Called while a load waits for another backend's preparation of the same model; may unwind (the SQL
+    /// layer passes CHECK_FOR_INTERRUPTS, so query cancel, statement_timeout and SIGTERM end the wait).
+    pub poll_interrupts: fn(),
 }
 
 impl EmbedRequest {
@@ -59,6 +62,7 @@ pub(crate) struct BackendState {
     image_load: LoadReport,
     /// The text tower and its tokenizer: loaded only when text is first embedded.
     text: Option<(Tower, ClipTokenizer)>,
+    text_load: LoadReport,
     loaded_at: Option<SystemTime>,
     cache: EmbeddingCache,
     pub(crate) stats: Stats,
@@ -74,6 +78,7 @@ static STATE: Lazy<Mutex<BackendState>> = Lazy::new(|| {
         encoder: None,
         image_load: LoadReport::default(),
         text: None,
+        text_load: LoadReport::default(),
         loaded_at: None,
         cache: EmbeddingCache::new(0),
         stats: Stats::default(),
@@ -104,6 +109,7 @@ impl BackendState {
             self.cache.clear();
             let model = ModelDir::open(&request.model_dir)?;
             let runtime = runtime::runtime(&request.runtime_path)?;
+            let mut poll_interrupts = request.poll_interrupts;
             let (encoder, report) = Tower::load(
                 runtime,
                 model,
@@ -111,6 +117,7 @@ impl BackendState {
                 request.precision,
                 request.intra_op_threads,
                 &request.sharing,
+                &mut poll_interrupts,
             )?;
             self.warn_if_random(&encoder);
             if let (Some(note), "private (fallback)") = (&report.note, report.mode) {
@@ -142,16 +149,19 @@ impl BackendState {
             model.verify_file(&vocab, &checksum::ChecksumMemo::default())?;
             let tokenizer = ClipTokenizer::from_path(&model.file_path(&vocab)?)?;
             let runtime = runtime::runtime(&request.runtime_path)?;
-            let (tower, _) = Tower::load(
+            let mut poll_interrupts = request.poll_interrupts;
+            let (tower, report) = Tower::load(
                 runtime,
                 model,
                 TowerKind::Text,
                 Precision::Fp32,
                 request.intra_op_threads,
                 &request.sharing,
+                &mut poll_interrupts,
             )?;
             self.warn_if_random(&tower);
             self.text = Some((tower, tokenizer));
+            self.text_load = report;
         }
         Ok(self.text.as_mut().expect("text tower was just set"))
     }
@@ -265,6 +275,7 @@ pub struct ModelInfo {
     pub intra_op_threads: usize,
     pub text_loaded: bool,
     pub image_load: LoadReport,
+    pub text_load: LoadReport,
     pub stats: Stats,
 }
 
@@ -298,6 +309,7 @@ pub fn model_info(request: &EmbedRequest) -> Result<ModelInfo> {
         intra_op_threads: request.intra_op_threads,
         text_loaded: state.text.is_some(),
         image_load: if loaded.is_some() { state.image_load.clone() } else { LoadReport::default() },
+        text_load: if state.text.is_some() { state.text_load.clone() } else { LoadReport::default() },
         stats: state.stats.clone(),
     })
 }
