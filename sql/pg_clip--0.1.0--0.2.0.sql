@@ -4,10 +4,24 @@
 -- with a fresh CREATE EXTENSION, object by object.
 \echo Use "ALTER EXTENSION pg_clip UPDATE" to load this file. \quit
 
--- clip_model_info() gains columns at its end: how long a load waited for another backend's preparation of the
--- shared model and for whom, and the text tower's load mode and wait. A result type cannot change in place, so
--- it is dropped and created again (first: clip_backfill_model_version below names it in its body).
-DROP FUNCTION "clip_model_info"();
+CREATE FUNCTION "clip_auto_embed_wake"(
+	"start_worker" bool /* bool */
+) RETURNS void
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'clip_auto_embed_wake_wrapper';
+
+CREATE FUNCTION "clip_auto_embed_worker"() RETURNS TABLE (
+	"pid" INT,  /* Option < i32 > */
+	"state" TEXT,  /* Option < String > */
+	"started_at" timestamp with time zone  /* Option < pgrx :: datum :: TimestampWithTimeZone > */
+)
+STRICT VOLATILE PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'clip_auto_embed_worker_wrapper';
+
+-- clip_model_info: its result changed; DROP and CREATE (OUT columns cannot be replaced).
+DROP FUNCTION @extschema@."clip_model_info"();
 CREATE FUNCTION "clip_model_info"() RETURNS TABLE (
 	"model_name" TEXT,  /* String */
 	"model_version" TEXT,  /* String */
@@ -41,22 +55,6 @@ CREATE FUNCTION "clip_model_info"() RETURNS TABLE (
 STRICT VOLATILE PARALLEL RESTRICTED
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'clip_model_info_wrapper';
-
-CREATE FUNCTION "clip_auto_embed_wake"(
-	"start_worker" bool /* bool */
-) RETURNS void
-STRICT VOLATILE PARALLEL UNSAFE
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'clip_auto_embed_wake_wrapper';
-
-CREATE FUNCTION "clip_auto_embed_worker"() RETURNS TABLE (
-	"pid" INT,  /* Option < i32 > */
-	"state" TEXT,  /* Option < String > */
-	"started_at" timestamp with time zone  /* Option < pgrx :: datum :: TimestampWithTimeZone > */
-)
-STRICT VOLATILE PARALLEL SAFE
-LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', 'clip_auto_embed_worker_wrapper';
 
 CREATE FUNCTION "clip_auto_embed_inserted"()
 	RETURNS TRIGGER
