@@ -83,7 +83,7 @@ def lock_holder(path):
     """The pid the current preparer wrote into the slot's lock file (None before anyone announced)."""
     for name in listing(path):
         if name.endswith(".lock"):
-            text = admin.execute("SELECT pg_read_file(%s, true)", (f"{path}/{name}",)).fetchone()[0] or ""
+            text = admin.execute("SELECT pg_read_file(%s, 0, 1024, true)", (f"{path}/{name}",)).fetchone()[0] or ""
             return int(text) if text.strip().isdigit() else None
     return None
 
