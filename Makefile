@@ -8,8 +8,8 @@
 #   make test-package PG=N  - installs that package where no build output is, searches, removes it
 PG ?= $(or $(PG_MAJOR),15)
 export PG_MAJOR := $(PG)
-.PHONY: demo test bench bench-memory bench-search bench-fetch bench-auto-embed bench-text setup install model stop clean \
-	package test-package
+.PHONY: demo test bench bench-memory bench-cold-start bench-search bench-fetch bench-auto-embed bench-text setup install \
+	model stop clean package test-package
 
 demo:
 	scripts/demo.sh
@@ -22,6 +22,9 @@ bench:
 
 bench-memory:
 	scripts/bench_memory.sh $(IMAGES)
+
+bench-cold-start:
+	scripts/bench_cold_start.sh $(IMAGES)
 
 bench-search:
 	scripts/bench_search.sh $(IMAGES)

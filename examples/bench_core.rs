@@ -28,8 +28,10 @@ fn main() {
     let images: Vec<Vec<u8>> = args[4..].iter().map(|p| std::fs::read(p).expect("image")).collect();
     let config = model.manifest.preprocess_config();
     let limits = ImageLimits { max_bytes: 64 << 20, max_pixels: 100_000_000 };
+    // A private session never waits for another process, so there is nothing to interrupt.
     let (mut encoder, _) =
-        Tower::load(runtime, model, TowerKind::Image, Precision::Fp32, 1, &WeightSharing::Private).expect("session");
+        Tower::load(runtime, model, TowerKind::Image, Precision::Fp32, 1, &WeightSharing::Private, &mut || {})
+            .expect("session");
     let mut pixels = vec![0f32; encoder.tensor_len()];
     // Warm-up: first runs allocate ONNX Runtime's arena.
     for bytes in images.iter().take(3) {

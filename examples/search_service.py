@@ -187,7 +187,7 @@ def choose_text_model(conn, text_model: str):
         raise
     if text_model == "auto":
         try:
-            has_tower = conn.execute("SELECT text_model_version IS NOT NULL FROM clip_model_info()").fetchone()[0]
+            has_tower = conn.execute("SELECT text_random_weights IS NOT NULL FROM clip_model_info()").fetchone()[0]
         except psycopg.Error:
             has_tower = False
         if not has_tower:

@@ -114,7 +114,7 @@ EXECUTE search(pg_read_binary_file(:'query'));
 \echo 'Search by words in Russian: the multilingual text encoder (clip-ViT-B-32-multilingual-v1), per session.'
 \echo 'Its weights are RANDOM too: this ranking is meaningless; it shows the query and its cost, not its quality.'
 SET pg_clip.text_model = multilingual;
-SELECT text_model, text_model_version, text_random_weights FROM clip_model_info();
+SELECT text_model, text_random_weights FROM clip_model_info();
 SELECT clip_text_tokens('красный рюкзак') AS "ids the encoder sees for 'красный рюкзак'";
 \echo 'The first words of a session load the tower (mapping the shared prepared file, which the first backend of'
 \echo 'the cluster makes); the search after it costs one inference:'

@@ -100,6 +100,10 @@ PG_CLIP_TEST_HTTP=http://127.0.0.1:$http_port \
   "$lifecycle/replica" "${REPLICA_PORT:-28830}" \
   "-p ${REPLICA_PORT:-28830} -k $lifecycle -c listen_addresses='' -c shared_preload_libraries=pg_clip" "$work"
 
+# Kills one preparing backend with SIGKILL on purpose (the cluster goes through crash recovery).
+log "3/3 cold start: 8 first calls at once, one backend prepares the shared model, the others wait and map it"
+"$PY" tests/clients/test_cold_start.py "host=$PGHOST port=$PGPORT user=postgres dbname=pg_clip_regress"
+
 # Last: it restarts the cluster and kills its postmaster on purpose.
 log "3/3 automatic embedding: the background worker through restarts, faults, two databases (psycopg)"
 pg_ctl_command="$PG_BIN/pg_ctl -D $(cluster_dir regress)/data -l $(cluster_dir regress)/server.log"

@@ -205,9 +205,12 @@ BEGIN
         'CREATE TRIGGER zz_clip_auto_embed_insert AFTER INSERT ON %s FOR EACH STATEMENT '
         'EXECUTE FUNCTION @extschema@.clip_auto_embed_inserted()',
         target);
+    -- (The WHEN compares URLs only, text with text; whether the vector was written too is for the function to
+    -- tell: a comparison of vectors here would need pgvector's = operator, which pg_dump cannot qualify in a
+    -- trigger's WHEN.)
     EXECUTE pg_catalog.format(
         'CREATE TRIGGER zz_clip_auto_embed_url BEFORE UPDATE OF %2$I ON %1$s FOR EACH ROW '
-        'WHEN (OLD.%2$I IS DISTINCT FROM NEW.%2$I AND OLD.%3$I IS NOT DISTINCT FROM NEW.%3$I) '
+        'WHEN (OLD.%2$I::text IS DISTINCT FROM NEW.%2$I::text) '
         'EXECUTE FUNCTION @extschema@.clip_auto_embed_url_changed(%3$L, %4$L, %5$L)',
         target, url_column, vector_column, d.key_name,
         CASE WHEN d.has_version THEN 'model_version' ELSE '' END);

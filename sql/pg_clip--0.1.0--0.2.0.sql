@@ -20,6 +20,42 @@ STRICT VOLATILE PARALLEL SAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'clip_auto_embed_worker_wrapper';
 
+-- clip_model_info: its result changed; DROP and CREATE (OUT columns cannot be replaced).
+DROP FUNCTION @extschema@."clip_model_info"();
+CREATE FUNCTION "clip_model_info"() RETURNS TABLE (
+	"model_name" TEXT,  /* String */
+	"model_version" TEXT,  /* String */
+	"dimensions" INT,  /* i32 */
+	"random_weights" bool,  /* bool */
+	"model_path" TEXT,  /* String */
+	"image_model_file" TEXT,  /* String */
+	"image_model_sha256" TEXT,  /* String */
+	"loaded" bool,  /* bool */
+	"load_ms" double precision,  /* Option < f64 > */
+	"onnxruntime_path" TEXT,  /* String */
+	"onnxruntime_version" TEXT,  /* Option < String > */
+	"intra_op_threads" INT,  /* i32 */
+	"inferences" bigint,  /* i64 */
+	"cache_hits" bigint,  /* i64 */
+	"preprocess_ms_total" double precision,  /* f64 */
+	"inference_ms_total" double precision,  /* f64 */
+	"text_loaded" bool,  /* bool */
+	"precision" TEXT,  /* String */
+	"load_mode" TEXT,  /* Option < String > */
+	"load_note" TEXT,  /* Option < String > */
+	"prepared_path" TEXT,  /* Option < String > */
+	"prepared_bytes" bigint,  /* Option < i64 > */
+	"model_private_mb" double precision,  /* Option < f64 > */
+	"load_waited_ms" double precision,  /* Option < f64 > */
+	"load_waited_for_pid" INT,  /* Option < i32 > */
+	"text_load_mode" TEXT,  /* Option < String > */
+	"text_load_waited_ms" double precision,  /* Option < f64 > */
+	"text_load_waited_for_pid" INT  /* Option < i32 > */
+)
+STRICT VOLATILE PARALLEL RESTRICTED
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'clip_model_info_wrapper';
+
 CREATE FUNCTION "clip_auto_embed_inserted"()
 	RETURNS TRIGGER
 	LANGUAGE c
@@ -619,9 +655,12 @@ BEGIN
         'CREATE TRIGGER zz_clip_auto_embed_insert AFTER INSERT ON %s FOR EACH STATEMENT '
         'EXECUTE FUNCTION @extschema@.clip_auto_embed_inserted()',
         target);
+    -- (The WHEN compares URLs only, text with text; whether the vector was written too is for the function to
+    -- tell: a comparison of vectors here would need pgvector's = operator, which pg_dump cannot qualify in a
+    -- trigger's WHEN.)
     EXECUTE pg_catalog.format(
         'CREATE TRIGGER zz_clip_auto_embed_url BEFORE UPDATE OF %2$I ON %1$s FOR EACH ROW '
-        'WHEN (OLD.%2$I IS DISTINCT FROM NEW.%2$I AND OLD.%3$I IS NOT DISTINCT FROM NEW.%3$I) '
+        'WHEN (OLD.%2$I::text IS DISTINCT FROM NEW.%2$I::text) '
         'EXECUTE FUNCTION @extschema@.clip_auto_embed_url_changed(%3$L, %4$L, %5$L)',
         target, url_column, vector_column, d.key_name,
         CASE WHEN d.has_version THEN 'model_version' ELSE '' END);

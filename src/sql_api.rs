@@ -24,10 +24,19 @@ fn embed_request() -> EmbedRequest {
         max_text_bytes: settings::max_text_bytes(),
         precision: settings::image_precision(),
         sharing: settings::weight_sharing(),
+        poll_interrupts,
         text_model: settings::text_model(),
         text_precision: settings::text_precision(),
         transparency: settings::image_transparency(),
     }
+}
+
+/// What a long wait inside the pure core calls between slices (waiting for another backend's preparation of
+/// the model, for downloads): query cancel, statement_timeout and SIGTERM raise here, as in any Postgres
+/// loop, and unwind through the core (which releases what it holds as it goes).
+fn poll_interrupts() {
+    pgrx::check_for_interrupts!();
+    exit_if_postmaster_died();
 }
 
 /// Runs the pure core; a panic inside it becomes an error of our own instead of pgrx's XX000. An ERROR
@@ -200,12 +209,17 @@ fn clip_model_info() -> TableIterator<
         name!(prepared_bytes, Option<i64>),
         name!(model_private_mb, Option<f64>),
         // Appended, never inserted: applications may read the columns by position.
+        name!(load_waited_ms, Option<f64>),
+        name!(load_waited_for_pid, Option<i32>),
+        name!(text_load_mode, Option<String>),
+        name!(text_load_waited_ms, Option<f64>),
+        name!(text_load_waited_for_pid, Option<i32>),
+        // pgrx's TableIterator takes at most 32 columns, and these four make 32: a further column needs another
+        // shape (a second function, or a composite), not one more tuple element.
         name!(text_model, String),
-        name!(text_model_version, Option<String>),
         name!(text_random_weights, Option<bool>),
         name!(text_precision, String),
         name!(text_model_loaded, bool),
-        name!(multilingual_loaded, bool),
     ),
 > {
     let request = embed_request();
@@ -238,12 +252,16 @@ fn clip_model_info() -> TableIterator<
         info.image_load.prepared_path.as_ref().map(|p| p.display().to_string()),
         info.image_load.prepared_bytes.map(|b| b as i64),
         info.image_load.private_kb.map(|kb| kb as f64 / 1024.0),
+        info.image_load.waited.map(ms),
+        info.image_load.waited_for_pid.map(|pid| pid as i32),
+        // The text tower in force (pg_clip.text_model), as the columns below describe it.
+        info.text_model_loaded.then(|| info.text_load.mode.to_string()),
+        info.text_load.waited.map(ms),
+        info.text_load.waited_for_pid.map(|pid| pid as i32),
         info.text_model.name().to_string(),
-        info.text_model_version,
         info.text_random_weights,
         format!("{:?}", info.text_precision).to_lowercase(),
         info.text_model_loaded,
-        info.multilingual_loaded,
     ))
 }
 
@@ -256,7 +274,8 @@ fn clip_unload_model() -> bool {
 
 /// Embeds URLs through the batch pipeline with the session's settings. The downloads run on the fetch
 /// threads; this thread waits for them in short slices and checks for query cancel and statement_timeout
-/// between slices, so a stalled download stops within about a tenth of a second of the interrupt.
+/// between slices (`poll_interrupts`), so a stalled download stops within about a tenth of a second of the
+/// interrupt.
 fn embed_urls_or_raise(
     urls: &[Option<&str>],
     prefetch: &[&str],
@@ -265,11 +284,7 @@ fn embed_urls_or_raise(
 ) -> Vec<UrlOutcome> {
     let request = embed_request();
     let fetch = settings::fetch_config(concurrency).unwrap_or_else(|e| raise(e, function));
-    let mut poll_interrupts = || {
-        pgrx::check_for_interrupts!();
-        exit_if_postmaster_died();
-    };
-    let result = guarded(function, || url_batch::embed_urls(urls, prefetch, &request, &fetch, &mut poll_interrupts));
+    let result = guarded(function, || url_batch::embed_urls(urls, prefetch, &request, &fetch));
     emit_pending_warning();
     result.unwrap_or_else(|e| raise(e, function))
 }

@@ -9,6 +9,12 @@
 //! The commit callback runs after the commit is durable, where an ERROR would be a PANIC: it takes an
 //! LWLock, sets a latch or registers a dynamic background worker, nothing that can fail short of a bug,
 //! and a Rust panic there is caught.
+//!
+//! A worker that leaves because its database has nothing to serve frees its slot. One that ends otherwise
+//! (SIGTERM, an error) leaves its slot marked with the time it went, and wakes the launcher, which starts it
+//! again after a delay if the database still exists. (The postmaster's own restart of background workers is
+//! not used: a worker whose database was dropped would be restarted every few seconds forever, each time
+//! failing to connect, and hold background worker slots the other databases need.)
 
 use pgrx::lwlock::PgLwLock;
 use pgrx::pg_guard;
@@ -24,6 +30,11 @@ pub const MAX_DATABASES: usize = 64;
 /// How long a backend that found no live worker waits before asking the postmaster for another one: a
 /// worker asked for a moment ago is on its way (forking and connecting take milliseconds to seconds).
 const START_AGAIN_AFTER_MS: i64 = 10_000;
+
+/// Wait before the launcher starts again a worker that ended without leaving (terminated, an error): 5 s,
+/// doubling for each one in a row that lived less than a minute, up to 5 min.
+const RESTART_DELAY_MS: i64 = 5_000;
+const RESTART_DELAY_MAX_MS: i64 = 300_000;
 
 /// What a worker is doing, as `clip_auto_embed_status.worker_state` shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,17 +78,23 @@ pub struct Slot {
     start_requested_ms: i64,
     /// When the live worker started.
     started_ms: i64,
+    /// When the last worker ended without leaving (0: it left, or none ended): the launcher starts another.
+    ended_ms: i64,
+    /// Workers in a row that ended within a minute of starting (the restart delay doubles with each).
+    quick_ends: u32,
 }
 
 #[derive(Debug, Clone, Copy)]
 #[repr(C)]
 pub struct Registry {
     slots: [Slot; MAX_DATABASES],
+    /// The launcher's process latch, set when a worker ends so that it can start another.
+    launcher_latch: usize,
 }
 
 impl Default for Registry {
     fn default() -> Self {
-        Registry { slots: [Slot::default(); MAX_DATABASES] }
+        Registry { slots: [Slot::default(); MAX_DATABASES], launcher_latch: 0 }
     }
 }
 
@@ -172,23 +189,77 @@ pub fn claim(database: pg_sys::Oid) -> bool {
     slot.state = WorkerState::Starting as u8;
     slot.started_ms = now_ms();
     slot.start_requested_ms = 0;
+    slot.ended_ms = 0;
     true
 }
 
-/// Gives the slot up (the worker is leaving). Only the worker that holds it can.
-pub fn release(database: pg_sys::Oid) {
+/// Gives the slot up, only if the calling worker holds it. `left`: the worker leaves because its database has
+/// nothing to serve (the slot is freed); otherwise it ended (terminated, an error) and the launcher is woken to
+/// start another after a delay.
+pub fn release(database: pg_sys::Oid, left: bool) {
     if !preloaded() {
         return;
     }
     let mut registry = REGISTRY.exclusive();
     // SAFETY: reading this process's pid.
     let me = unsafe { pg_sys::MyProcPid };
+    let launcher = registry.launcher_latch;
     if let Some(slot) = registry.slot_of(database.to_u32()).filter(|s| s.pid == me) {
+        if left {
+            *slot = Slot::default();
+            return;
+        }
+        let now = now_ms();
+        slot.quick_ends = if now - slot.started_ms < 60_000 { slot.quick_ends.saturating_add(1) } else { 0 };
         slot.pid = 0;
         slot.latch = 0;
         slot.state = 0;
+        slot.ended_ms = now;
         // The next commit that wants a worker starts one at once.
         slot.start_requested_ms = 0;
+        if launcher != 0 {
+            // SAFETY: the launcher's PGPROC latch, in shared memory (see set_launcher).
+            unsafe { pg_sys::SetLatch(launcher as *mut pg_sys::Latch) };
+        }
+    }
+}
+
+/// The launcher registers its latch, to be woken when a worker ends.
+pub fn set_launcher() {
+    // SAFETY: MyLatch is this process's PGPROC latch once connected (shared memory).
+    REGISTRY.exclusive().launcher_latch = unsafe { pg_sys::MyLatch as usize };
+}
+
+/// Databases whose worker ended without leaving and is due to be started again, and how long until the next
+/// one is due (None if none is waiting).
+pub fn due_restarts() -> (Vec<pg_sys::Oid>, Option<std::time::Duration>) {
+    let registry = REGISTRY.share();
+    let now = now_ms();
+    let (mut due, mut next) = (Vec::new(), None::<i64>);
+    for slot in registry.slots.iter().filter(|s| s.database != 0 && s.pid == 0 && s.ended_ms != 0) {
+        let delay = (RESTART_DELAY_MS << slot.quick_ends.min(6)).min(RESTART_DELAY_MAX_MS);
+        let at = slot.ended_ms + delay;
+        if at <= now {
+            due.push(pg_sys::Oid::from(slot.database));
+        } else {
+            next = Some(next.map_or(at - now, |n: i64| n.min(at - now)));
+        }
+    }
+    (due, next.map(|ms| std::time::Duration::from_millis(ms as u64)))
+}
+
+/// The launcher starts a worker for `database` (again): the slot is no longer waiting for a restart.
+pub fn restarting(database: pg_sys::Oid) {
+    if let Some(slot) = REGISTRY.exclusive().slot_of(database.to_u32()) {
+        slot.ended_ms = 0;
+        slot.start_requested_ms = now_ms();
+    }
+}
+
+/// The database is gone (dropped): its slot is freed.
+pub fn forget(database: pg_sys::Oid) {
+    if let Some(slot) = REGISTRY.exclusive().slot_of(database.to_u32()) {
+        *slot = Slot::default();
     }
 }
 

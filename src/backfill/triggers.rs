@@ -5,9 +5,11 @@
 //!   through the table's partial index of pending rows. (A row trigger that queued each row cost bulk loads
 //!   4 to 7 times a plain INSERT; see the README's benchmark.)
 //! * `clip_auto_embed_url_changed(vector_column, key_column, version_column)`, BEFORE UPDATE OF the URL, when
-//!   the URL changed and the vector was not written with it (its WHEN clause): clears the vector (and the
+//!   the URL changed (its WHEN clause): unless the same UPDATE wrote the vector too, clears the vector (and the
 //!   model_version) in the row being written, so the old photo's vector never outlives the transaction,
-//!   forgets the old photo's failure record, and asks for the wake-up.
+//!   forgets the old photo's failure record, and asks for the wake-up. Whether the vector was written is
+//!   decided here, on the bytes, not in the WHEN clause: `OLD.v IS DISTINCT FROM NEW.v` needs pgvector's `=`,
+//!   which pg_dump's trigger definition cannot schema-qualify, so a restore (search_path empty) failed.
 //!
 //! The failure records belong to pg_clip, not to whoever writes the table: the one fixed statement here runs
 //! as the bootstrap superuser (a local user-id switch, as a SECURITY DEFINER function would do), so an
@@ -57,6 +59,11 @@ fn clear_vector<'a>(trigger: &'a PgTrigger<'a>) -> Result<PgHeapTuple<'a, Alloca
         .new()
         .ok_or_else(|| PgClipError::runtime("clip_auto_embed_url_changed", "fired without a new row"))?
         .into_owned();
+    let vector = attribute_number(data.tg_relation, vector_column)?;
+    // SAFETY: an UPDATE row trigger: tg_trigtuple is the old row, tg_newtuple the new one, both of the relation.
+    if unsafe { value_changed(data.tg_relation, data.tg_trigtuple, data.tg_newtuple, vector) } {
+        return Ok(row); // the UPDATE wrote URL and vector together: the writer's business
+    }
     for column in [vector_column.as_str(), version_column.as_str()].into_iter().filter(|c| !c.is_empty()) {
         let attno = attribute_number(data.tg_relation, column)?;
         // SAFETY: setting a column to NULL needs no datum of its type; attno is a valid attribute number.
@@ -90,6 +97,33 @@ fn attribute_number(relation: pg_sys::Relation, column: &str) -> Result<NonZeroU
         column: column.to_string(),
         hint: "The column was renamed or dropped: run clip_auto_embed() again with its new name.".into(),
     })
+}
+
+/// Whether a varlena column (the vector) differs between two versions of a row: NULL against a value, or other
+/// bytes once both are detoasted. An UPDATE that does not set the column keeps the very same datum.
+///
+/// # Safety
+/// `old` and `new` must be valid heap tuples of `relation`, and the column of a varlena type.
+unsafe fn value_changed(relation: pg_sys::Relation, old: pg_sys::HeapTuple, new: pg_sys::HeapTuple, attno: NonZeroUsize) -> bool {
+    // SAFETY: per the caller; SPI_getbinval reads one attribute; pg_detoast_datum_packed returns the value itself
+    // or a palloc'd detoasted copy, whose size and bytes are then read within its bounds.
+    unsafe {
+        let (mut old_null, mut new_null) = (false, false);
+        let tupdesc = (*relation).rd_att;
+        let a = pg_sys::SPI_getbinval(old, tupdesc, attno.get() as i32, &mut old_null);
+        let b = pg_sys::SPI_getbinval(new, tupdesc, attno.get() as i32, &mut new_null);
+        if old_null || new_null {
+            return old_null != new_null;
+        }
+        if a == b {
+            return false;
+        }
+        let bytes = |d: pg_sys::Datum| {
+            let v = pg_sys::pg_detoast_datum_packed(d.cast_mut_ptr());
+            std::slice::from_raw_parts(pgrx::vardata_any(v) as *const u8, pgrx::varsize_any_exhdr(v))
+        };
+        bytes(a) != bytes(b)
+    }
 }
 
 /// A column's value as text (its type's output function), or None for NULL.

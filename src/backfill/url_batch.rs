@@ -1,8 +1,9 @@
 //! Embedding images by URL, many at a time: downloads run on the fetch threads (at most
 //! `FetchConfig::concurrency` in flight), each body is decoded and preprocessed on a decode thread, and the
 //! backend's own thread runs inference on whatever tensors are ready, a few per run, while the next
-//! downloads proceed. No Postgres here: the caller passes `poll_interrupts`, which may unwind (query
-//! cancel); the in-flight downloads are then dropped, which aborts them.
+//! downloads proceed. No Postgres here: the request's `poll_interrupts` (called while the model loads and
+//! between waits for downloads) may unwind (query cancel); the in-flight downloads are then dropped, which
+//! aborts them.
 //!
 //! The pipeline outlives one call so that a batch's slowest download does not idle the CPU: a caller that
 //! knows its next batch (the backfill procedure) passes it as `prefetch`; those downloads start now and
@@ -75,7 +76,6 @@ pub fn embed_urls(
     prefetch: &[&str],
     request: &EmbedRequest,
     fetch: &FetchConfig,
-    poll_interrupts: &mut dyn FnMut(),
 ) -> Result<Vec<UrlOutcome>> {
     // Load the model first: its errors are the call's, and the decode threads need its preprocessing.
     let (preprocess, tensor_len, onnx_sha256) = {
@@ -121,7 +121,7 @@ pub fn embed_urls(
 
     let missing = |p: &Pipeline| wanted.iter().any(|url| !p.done.contains_key(*url));
     while missing(&pipeline) {
-        poll_interrupts();
+        (request.poll_interrupts)();
         if pipeline.downloads.outstanding() == 0 {
             // Cannot happen (every task reports, even one that panics); never wait forever if it does.
             let lost: Vec<&str> = wanted.iter().copied().filter(|url| !pipeline.done.contains_key(*url)).collect();

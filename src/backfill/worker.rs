@@ -4,8 +4,9 @@
 //!
 //! * The launcher: one, registered at server start when the library is preloaded, started once recovery is
 //!   over (never on a standby). It starts a worker for every database in turn; a worker whose database has
-//!   no table to serve leaves at once. Then the launcher sleeps: it stays so that after a crash of any
-//!   backend, when the postmaster restarts everything, it comes back and brings the workers back with it.
+//!   no table to serve leaves at once. Then it sleeps, and starts again (after a delay) any worker that ended
+//!   without leaving, if its database still exists. It stays so that after a crash of any backend, when the
+//!   postmaster restarts everything, it comes back and brings the workers back with it.
 //! * A worker per database, started by the launcher, or by the commit of a transaction that turned
 //!   automatic embedding on or changed a row while no worker was running. It claims its database's slot
 //!   in shared memory (a second worker for the same database leaves), loads the model once, and then:
@@ -39,8 +40,6 @@ use crate::settings::{self, AutoEmbedFault, AutoEmbedSettings};
 const LAUNCHER_RETRY: Duration = Duration::from_secs(30);
 /// Batches one table gets before the next table's turn.
 const BATCHES_PER_TURN: usize = 8;
-/// Seconds before the postmaster restarts a worker that exited with an error.
-const RESTART_AFTER_S: i32 = 5;
 /// How long the launcher gives a database's worker to decide whether it stays.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -72,7 +71,8 @@ fn database_worker(database: pg_sys::Oid, notify: bool) -> pg_sys::BackgroundWor
     copy_name(&mut worker.bgw_function_name, "pg_clip_auto_embed_main");
     worker.bgw_flags = (pg_sys::BGWORKER_SHMEM_ACCESS | pg_sys::BGWORKER_BACKEND_DATABASE_CONNECTION) as i32;
     worker.bgw_start_time = pg_sys::BgWorkerStartTime::BgWorkerStart_RecoveryFinished;
-    worker.bgw_restart_time = RESTART_AFTER_S;
+    // Restarts are the launcher's (registry::due_restarts), which first checks that the database still exists.
+    worker.bgw_restart_time = pg_sys::BGW_NEVER_RESTART;
     worker.bgw_main_arg = pg_sys::Datum::from(database.to_u32());
     // SAFETY: reading this process's pid.
     worker.bgw_notify_pid = if notify { unsafe { pg_sys::MyProcPid } } else { 0 };
@@ -278,6 +278,7 @@ struct Worker {
 pub extern "C-unwind" fn pg_clip_launcher_main(_arg: pg_sys::Datum) {
     install_signal_handlers();
     BackgroundWorker::connect_worker_to_spi(None, None);
+    registry::set_launcher();
     let mut pending = match in_transaction("listing databases", || {
         // SAFETY: inside a transaction; see connectable_databases.
         unsafe { connectable_databases() }
@@ -289,9 +290,32 @@ pub extern "C-unwind" fn pg_clip_launcher_main(_arg: pg_sys::Datum) {
         }
     };
     loop {
+        // Workers that ended without leaving: started again if their database is still there.
+        let (due, next) = registry::due_restarts();
+        if !due.is_empty() {
+            // SAFETY: inside a transaction; see connectable_databases.
+            match in_transaction("listing databases", || unsafe { connectable_databases() }) {
+                Ok(existing) => {
+                    for database in due {
+                        if existing.contains(&database) {
+                            registry::restarting(database);
+                            pending.push(database);
+                        } else {
+                            registry::forget(database);
+                        }
+                    }
+                }
+                Err(failure) => pgrx::warning!("pg_clip launcher: {}", failure.message),
+            }
+        }
         pending.retain(|database| !probe(*database));
+        pending.dedup();
         // Databases whose worker could not be started (no free background worker slot) are tried again.
-        wait(if pending.is_empty() { None } else { Some(LAUNCHER_RETRY) });
+        let retry = (!pending.is_empty()).then_some(LAUNCHER_RETRY);
+        wait(match (retry, next) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        });
     }
 }
 
@@ -395,9 +419,11 @@ pub extern "C-unwind" fn pg_clip_auto_embed_main(arg: pg_sys::Datum) {
     worker.run()
 }
 
+/// However the worker ends (FATAL from SIGTERM included): its slot is released for the launcher to restart,
+/// unless the worker already left it (a clean exit).
 #[pg_guard]
 unsafe extern "C-unwind" fn on_exit(_code: std::ffi::c_int, arg: pg_sys::Datum) {
-    registry::release(pg_sys::Oid::from(arg.value() as u32));
+    registry::release(pg_sys::Oid::from(arg.value() as u32), false);
 }
 
 // proc_exit never returns, but PostgreSQL 18's bindings say `-> ()` (its header marks it with C11 _Noreturn, which
@@ -449,7 +475,7 @@ impl Worker {
                 Ok(Round::Empty) => {
                     // Give the slot up, then look once more: a clip_auto_embed that committed meanwhile saw
                     // this worker alive and only set its latch.
-                    registry::release(self.database);
+                    registry::release(self.database, true);
                     if self.table_count() != Some(0) && registry::claim(self.database) {
                         continue;
                     }

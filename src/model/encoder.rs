@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::checksum::ChecksumMemo;
 use super::manifest::ModelDir;
-use super::prepared::{Lookup, PreparedSlot, DATA_FILE};
+use super::prepared::{Lookup, PrepareLock, PreparedSlot, Wait, DATA_FILE};
 use super::runtime::{panic_message, with_signals_blocked, Runtime};
 use crate::error::{PgClipError, Result};
 use std::path::{Path, PathBuf};
@@ -86,6 +86,9 @@ pub struct LoadReport {
     pub note: Option<String>,
     /// Anonymous (heap) memory the load added to this backend, in kB: what the model costs it privately.
     pub private_kb: Option<i64>,
+    /// Time spent waiting for another backend's preparation of the same prepared model, and its pid.
+    pub waited: Option<Duration>,
+    pub waited_for_pid: Option<u32>,
 }
 
 /// The options every session shares: threads, no spinning, sequential execution.
@@ -116,6 +119,7 @@ impl Tower {
     /// Creates the session (shared through a prepared model when asked, else private), and checks the graph's
     /// input and output against the manifest before any inference. Source files are verified against the
     /// manifest's checksums before ONNX Runtime reads them; a prepared model against its own record.
+    /// `poll_interrupts` is called while waiting for another backend's preparation; it may unwind.
     pub fn load(
         runtime: &Runtime,
         model: ModelDir,
@@ -123,6 +127,7 @@ impl Tower {
         precision: Precision,
         intra_op_threads: usize,
         sharing: &WeightSharing,
+        poll_interrupts: &mut dyn FnMut(),
     ) -> Result<(Tower, LoadReport)> {
         let started = Instant::now();
         let manifest = &model.manifest;
@@ -174,6 +179,23 @@ impl Tower {
             PgClipError::model_invalid("model manifest", format!("{onnx} is not listed under \"files\""))
         })?;
         let anonymous_before = anonymous_memory_kb();
+        let slot = match sharing {
+            WeightSharing::Shared { cache_dir } => Some(PreparedSlot::new(
+                cache_dir,
+                kind.weights_version(manifest),
+                kind.prepared_name(precision),
+                &source_sha256,
+                &runtime.version,
+            )),
+            WeightSharing::Private => None,
+        };
+        // No prepared model yet: take the right to prepare it, or wait for the backend that has it. Before the
+        // source files are verified, so that backends which waited find the checksums the preparer remembered
+        // instead of each hashing the 360 MB source at the same time.
+        let mut lock = None;
+        if let Some(slot) = slot.as_ref().filter(|slot| !slot.dir.exists()) {
+            lock = Some(slot.lock(&mut *poll_interrupts));
+        }
         // The source files are verified on every load, also when a prepared copy will be used: a model
         // directory whose files do not match its manifest is reported, never quietly papered over.
         let memo = match sharing {
@@ -194,22 +216,16 @@ impl Tower {
         };
 
         let mut report = LoadReport::default();
-        let session = match sharing {
-            WeightSharing::Private => {
+        let session = match &slot {
+            None => {
                 report.mode = "private";
                 load_private()?
             }
-            WeightSharing::Shared { cache_dir } => {
-                let slot = PreparedSlot::new(
-                    cache_dir,
-                    kind.weights_version(manifest),
-                    kind.prepared_name(precision),
-                    &source_sha256,
-                    &runtime.version,
-                );
-                match load_shared(runtime, &slot, &what, intra_op_threads, &onnx_path) {
-                    Ok((session, shared)) => {
-                        report = shared;
+            Some(slot) => {
+                let mut shared = Shared::new(runtime, slot, &what, intra_op_threads, lock);
+                let session = match shared.load(&onnx_path, &mut *poll_interrupts) {
+                    Ok((session, loaded)) => {
+                        report = loaded;
                         session
                     }
                     Err(reason) => {
@@ -217,7 +233,11 @@ impl Tower {
                         report.note = Some(reason);
                         load_private()?
                     }
-                }
+                };
+                // A wait is reported whatever came of it (a waiter whose preparer failed may fall back too).
+                report.waited = shared.wait.map(|w| w.duration);
+                report.waited_for_pid = shared.wait.and_then(|w| w.holder_pid);
+                session
             }
         };
         // ONNX Runtime packs every weight on the heap before it swaps in the mapped copy; give the freed
@@ -479,69 +499,156 @@ fn describe(dtype: &ort::value::ValueType) -> String {
     }
 }
 
-/// Maps the slot's prepared model, preparing it first when it is missing or did not verify. An error is
-/// the reason sharing could not be had (the caller then falls back to a private session).
-fn load_shared(
-    runtime: &Runtime,
-    slot: &PreparedSlot,
-    what: &str,
+/// One shared load: the slot, and the preparation lock once this backend has it.
+struct Shared<'a> {
+    runtime: &'a Runtime,
+    slot: &'a PreparedSlot,
+    what: &'a str,
     intra_op_threads: usize,
-    source: &Path,
-) -> std::result::Result<(Session, LoadReport), String> {
-    let fallback = |e: PgClipError| e.to_string();
-    let mut report = LoadReport { mode: "shared", prepared_path: Some(slot.dir.clone()), ..Default::default() };
-    let prepared = match slot.lookup().map_err(fallback)? {
-        Lookup::Ready { graph, bytes } => (graph, bytes),
-        Lookup::Missing { removed_because } => {
+    lock: Option<PrepareLock>,
+    /// Set when taking the lock meant waiting for another backend.
+    wait: Option<Wait>,
+    /// Why the lock could not be taken (a preparation then goes ahead without it, as before there was one).
+    lock_problem: Option<String>,
+}
+
+impl<'a> Shared<'a> {
+    /// `lock`: the outcome of taking the slot's lock, if the caller already tried.
+    fn new(
+        runtime: &'a Runtime,
+        slot: &'a PreparedSlot,
+        what: &'a str,
+        intra_op_threads: usize,
+        lock: Option<Result<(PrepareLock, Option<Wait>)>>,
+    ) -> Self {
+        let mut shared = Shared { runtime, slot, what, intra_op_threads, lock: None, wait: None, lock_problem: None };
+        match lock {
+            Some(Ok((lock, wait))) => (shared.lock, shared.wait) = (Some(lock), wait),
+            Some(Err(e)) => shared.lock_problem = Some(e.to_string()),
+            None => {}
+        }
+        shared
+    }
+
+    /// Maps the slot's prepared model, preparing it first when it is missing or did not verify: under the
+    /// slot's lock, so that one backend prepares and the others wait and then map what it made. An error is
+    /// the reason sharing could not be had (the caller then falls back to a private session); the lock is
+    /// released either way, so that the next waiter may try.
+    fn load(
+        &mut self,
+        source: &Path,
+        poll_interrupts: &mut dyn FnMut(),
+    ) -> std::result::Result<(Session, LoadReport), String> {
+        let loaded = self.map_or_prepare(source, poll_interrupts);
+        self.lock = None;
+        loaded
+    }
+
+    fn map_or_prepare(
+        &mut self,
+        source: &Path,
+        poll_interrupts: &mut dyn FnMut(),
+    ) -> std::result::Result<(Session, LoadReport), String> {
+        let fallback = |e: PgClipError| e.to_string();
+        let slot = self.slot;
+        let mut report = LoadReport { mode: "shared", prepared_path: Some(slot.dir.clone()), ..Default::default() };
+        let mut lookup = slot.lookup().map_err(fallback)?;
+        if let Lookup::Missing { removed_because } = &lookup {
             if let Some(reason) = removed_because {
                 report.note = Some(format!("rebuilt the prepared model: {reason}"));
             }
-            let temporary = slot.begin().map_err(fallback)?;
-            // Optimize at Extended (no CPU-specific layouts) and save the graph with every weight, pre-packed
-            // ones included, in one external data file that ONNX Runtime maps page-aligned at load.
-            let graph = temporary.join(super::prepared::GRAPH_FILE);
-            let made = create_session(what, || {
-                session_builder(runtime, intra_op_threads)?
-                    .with_optimization_level(GraphOptimizationLevel::Level2)?
-                    .with_optimized_model_path(&graph)?
-                    .with_config_entry("session.optimized_model_external_initializers_file_name", DATA_FILE)?
-                    .with_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")?
-                    .with_config_entry("session.save_external_prepacked_constant_initializers", "1")?
-                    .commit_from_file(source)
-            });
-            match made {
-                Ok(session) => drop(session),
-                Err(e) => {
-                    slot.abandon(&temporary);
-                    return Err(format!("preparing failed: {e}"));
+            if self.lock.is_none() && self.lock_problem.is_none() {
+                // It was there a moment ago, but went (or did not verify and was removed): take the lock now.
+                match slot.lock(&mut *poll_interrupts) {
+                    Ok((lock, wait)) => (self.lock, self.wait) = (Some(lock), wait),
+                    Err(e) => self.lock_problem = Some(e.to_string()),
                 }
             }
-            if let Err(e) = slot.commit(&temporary) {
-                slot.abandon(&temporary);
-                return Err(fallback(e));
-            }
-            report.mode = "prepared";
-            match slot.lookup().map_err(fallback)? {
-                Lookup::Ready { graph, bytes } => (graph, bytes),
-                Lookup::Missing { removed_because } => {
-                    return Err(format!(
-                        "the prepared model did not verify right after it was written: {}",
-                        removed_because.unwrap_or_default()
-                    ))
-                }
+            if self.lock.is_some() {
+                // Whoever held the lock before may have made it meanwhile: then this backend maps it.
+                lookup = slot.lookup().map_err(fallback)?;
             }
         }
-    };
-    let (graph, bytes) = prepared;
-    report.prepared_bytes = Some(bytes);
-    // Already optimized: loading it again at any level would only redo (or undo) that work.
-    let session = create_session(what, || {
-        session_builder(runtime, intra_op_threads)?
-            .with_optimization_level(GraphOptimizationLevel::Disable)?
-            .commit_from_file(&graph)
-    })
-    .map_err(|e| format!("the prepared model would not load: {e}"))?;
-    Ok((session, report))
+        let (graph, bytes) = match lookup {
+            Lookup::Ready { graph, bytes } => {
+                // Mapping needs no lock; other waiters may go on.
+                self.lock = None;
+                (graph, bytes)
+            }
+            Lookup::Missing { removed_because } => {
+                if let (Some(reason), None) = (removed_because, &report.note) {
+                    report.note = Some(format!("rebuilt the prepared model: {reason}"));
+                }
+                if let Some(lock) = &self.lock {
+                    lock.announce();
+                }
+                // A cancel that came while the lock was being had (or just before) is honoured before the
+                // expensive part, not after.
+                poll_interrupts();
+                self.prepare(source)?;
+                report.mode = "prepared";
+                if let (Some(problem), None) = (&self.lock_problem, &self.lock) {
+                    report.note = Some(format!("prepared without the one-preparer lock: {problem}"));
+                }
+                // Verified while the lock is still held: the checksums are then remembered (verified.json)
+                // before the waiters look, so that they do not all hash the 690 MB file at once.
+                let ready = slot.lookup().map_err(fallback)?;
+                self.lock = None;
+                // Interrupts that arrived during the preparation are honoured now that it is published: its
+                // work is not lost to a cancel or to a statement_timeout shorter than a preparation.
+                poll_interrupts();
+                match ready {
+                    Lookup::Ready { graph, bytes } => (graph, bytes),
+                    Lookup::Missing { removed_because } => {
+                        return Err(format!(
+                            "the prepared model did not verify right after it was written: {}",
+                            removed_because.unwrap_or_default()
+                        ))
+                    }
+                }
+            }
+        };
+        report.prepared_bytes = Some(bytes);
+        // Already optimized: loading it again at any level would only redo (or undo) that work.
+        let session = create_session(self.what, || {
+            session_builder(self.runtime, self.intra_op_threads)?
+                .with_optimization_level(GraphOptimizationLevel::Disable)?
+                .commit_from_file(&graph)
+        })
+        .map_err(|e| format!("the prepared model would not load: {e}"))?;
+        Ok((session, report))
+    }
+
+    /// Makes the prepared files in a temporary directory and renames it into place. ONNX Runtime cannot be
+    /// interrupted once started: a cancel or SIGTERM that arrives meanwhile takes effect when it is done.
+    fn prepare(&self, source: &Path) -> std::result::Result<(), String> {
+        let slot = self.slot;
+        let temporary = slot.begin(self.lock.as_ref()).map_err(|e| e.to_string())?;
+        // Optimize at Extended (no CPU-specific layouts) and save the graph with every weight, pre-packed
+        // ones included, in one external data file that ONNX Runtime maps page-aligned at load.
+        let graph = temporary.join(super::prepared::GRAPH_FILE);
+        let made = create_session(self.what, || {
+            session_builder(self.runtime, self.intra_op_threads)?
+                .with_optimization_level(GraphOptimizationLevel::Level2)?
+                .with_optimized_model_path(&graph)?
+                .with_config_entry("session.optimized_model_external_initializers_file_name", DATA_FILE)?
+                .with_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")?
+                .with_config_entry("session.save_external_prepacked_constant_initializers", "1")?
+                .commit_from_file(source)
+        });
+        match made {
+            Ok(session) => drop(session),
+            Err(e) => {
+                slot.abandon(&temporary);
+                return Err(format!("preparing failed: {e}"));
+            }
+        }
+        if let Err(e) = slot.commit(&temporary) {
+            slot.abandon(&temporary);
+            return Err(e.to_string());
+        }
+        Ok(())
+    }
 }
 
 /// This process's anonymous (heap) resident memory, in kB (RssAnon in /proc/self/status).

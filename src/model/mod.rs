@@ -35,6 +35,9 @@ pub struct EmbedRequest {
     pub max_text_bytes: usize,
     pub precision: Precision,
     pub sharing: WeightSharing,
+    /// Called while a load waits for another backend's preparation of the same model; may unwind (the SQL
+    /// layer passes CHECK_FOR_INTERRUPTS, so query cancel, statement_timeout and SIGTERM end the wait).
+    pub poll_interrupts: fn(),
     /// The text encoder clip_embed_text runs (pg_clip.text_model).
     pub text_model: TextModel,
     /// The multilingual tower's graph (pg_clip.text_precision); see `text_precision`.
@@ -161,6 +164,7 @@ impl BackendState {
             self.cache.clear();
             let model = ModelDir::open(&request.model_dir)?;
             let runtime = runtime::runtime(&request.runtime_path)?;
+            let mut poll_interrupts = request.poll_interrupts;
             let (encoder, report) = Tower::load(
                 runtime,
                 model,
@@ -168,6 +172,7 @@ impl BackendState {
                 request.precision,
                 request.intra_op_threads,
                 &request.sharing,
+                &mut poll_interrupts,
             )?;
             self.warn_if_random(&encoder);
             self.warn_if_fallback(&report);
@@ -215,6 +220,7 @@ impl BackendState {
                 }
             };
             let runtime = runtime::runtime(&request.runtime_path)?;
+            let mut poll_interrupts = request.poll_interrupts;
             let (tower, report) = Tower::load(
                 runtime,
                 model,
@@ -222,6 +228,7 @@ impl BackendState {
                 precision,
                 request.intra_op_threads,
                 &request.sharing,
+                &mut poll_interrupts,
             )?;
             self.warn_if_random(&tower);
             self.warn_if_fallback(&report);
@@ -361,16 +368,13 @@ pub struct ModelInfo {
     pub text_loaded: bool,
     pub image_load: LoadReport,
     pub stats: Stats,
-    /// The text encoder in force, its weights (None when the model directory has no such tower), and the
-    /// precision of its graph.
+    /// The text encoder in force, whether its weights are random (None when the model directory has no such
+    /// tower), and the precision of its graph.
     pub text_model: TextModel,
-    pub text_model_version: Option<String>,
     pub text_random_weights: Option<bool>,
     pub text_precision: Precision,
     /// This backend has the text encoder in force loaded, as the settings now ask for it.
     pub text_model_loaded: bool,
-    /// The multilingual text tower is loaded in this backend (whatever the setting).
-    pub multilingual_loaded: bool,
     /// How the text tower in force was loaded, when it is.
     pub text_load: LoadReport,
 }
@@ -389,13 +393,10 @@ pub fn model_info(request: &EmbedRequest) -> Result<ModelInfo> {
     };
     let manifest = &model.manifest;
     let runtime = runtime::loaded_runtime();
-    let (text_model_version, text_random_weights) = match request.text_model {
-        TextModel::Clip => manifest.text.as_ref().map(|_| (manifest.model_version.clone(), manifest.random_weights)),
-        TextModel::Multilingual => {
-            manifest.text_multilingual.as_ref().map(|t| (t.model_version.clone(), t.random_weights))
-        }
-    }
-    .unzip();
+    let text_random_weights = match request.text_model {
+        TextModel::Clip => manifest.text.as_ref().map(|_| manifest.random_weights),
+        TextModel::Multilingual => manifest.text_multilingual.as_ref().map(|t| t.random_weights),
+    };
     let text_slot = match request.text_model {
         TextModel::Clip => &state.clip_text,
         TextModel::Multilingual => &state.multilingual,
@@ -419,11 +420,9 @@ pub fn model_info(request: &EmbedRequest) -> Result<ModelInfo> {
         image_load: if loaded.is_some() { state.image_load.clone() } else { LoadReport::default() },
         stats: state.stats.clone(),
         text_model: request.text_model,
-        text_model_version,
         text_random_weights,
         text_precision: request.text_tower_precision(),
         text_model_loaded,
-        multilingual_loaded: state.multilingual.tower.is_some(),
         text_load: if text_model_loaded { text_slot.load.clone() } else { LoadReport::default() },
     })
 }

@@ -6,15 +6,25 @@
 //! `prepared.json` (what it was made from, and the BLAKE3 and size of both files). The key covers the
 //! source graph's SHA-256, the ONNX Runtime version and the CPU's SIMD features, so a file made by another
 //! runtime or on another CPU is never even looked at. A directory is written under a temporary name and
-//! renamed into place only when complete and fsynced: concurrent first loads each build their own and the
-//! first rename wins; a backend that dies mid-way leaves only a temporary directory nobody trusts (removed
-//! by a later preparation once it is an hour old). A prepared directory whose files do not match its
-//! `prepared.json` (truncated, altered) is removed and built again.
+//! renamed into place only when complete and fsynced; a backend that dies mid-way leaves only a temporary
+//! directory nobody trusts. A prepared directory whose files do not match its `prepared.json` (truncated,
+//! altered) is removed and built again.
+//!
+//! One preparer per slot: `<cache_dir>/<slot name>.lock` is flock()ed by the process that prepares the
+//! slot, so that when a connection pool sends its first calls on many backends at once, one prepares
+//! (~300 MB of heap and a few seconds of CPU) and the others wait, then map what it made, instead of each
+//! preparing a copy of its own and throwing it away. The flock, not the file's existence, is the lock: the
+//! kernel releases it when its holder closes the file or dies however it dies, so a lock file left behind
+//! is harmless. It lives beside the slots, on the same file system, and needs no shared memory (which only
+//! a preloaded library could have). Waiting is a poll (50 ms) that calls back into the caller between
+//! tries, so that query cancel, statement_timeout and SIGTERM end a wait.
 #![forbid(unsafe_code)]
 
 use serde::{Deserialize, Serialize};
+use std::fs::{File, TryLockError};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use super::checksum::ChecksumMemo;
 use crate::error::{PgClipError, Result};
@@ -24,6 +34,9 @@ pub const DATA_FILE: &str = "model.onnx.data";
 const RECORD_FILE: &str = "prepared.json";
 const FORMAT: u32 = 1;
 const STALE_TEMPORARY: Duration = Duration::from_secs(3600);
+/// How often a waiting backend tries the lock again and checks for interrupts: the bound on how late a
+/// cancel is honoured, and on how long a waiter idles after the preparer is done.
+const LOCK_POLL: Duration = Duration::from_millis(50);
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PreparedRecord {
@@ -52,6 +65,20 @@ pub enum Lookup {
     Ready { graph: PathBuf, bytes: u64 },
     /// Nothing there (or something that was removed because it did not verify): prepare it.
     Missing { removed_because: Option<String> },
+}
+
+/// The right to prepare a slot: an flock on the slot's lock file, released when this is dropped (an
+/// ERROR that unwinds past it included) or when the process ends.
+#[derive(Debug)]
+pub struct PrepareLock {
+    file: File,
+}
+
+/// A wait for another process's preparation: how long, and the pid that last announced it prepares.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Wait {
+    pub duration: Duration,
+    pub holder_pid: Option<u32>,
 }
 
 impl PreparedSlot {
@@ -142,20 +169,69 @@ impl PreparedSlot {
         Ok(None)
     }
 
-    /// A fresh temporary directory beside the slot, for ONNX Runtime to write the optimized model into.
-    /// Creating it is also the test that the cache location is writable.
-    pub fn begin(&self) -> Result<PathBuf> {
+    /// The lock file of this slot: beside it, so on the same file system and under the same permissions.
+    pub fn lock_path(&self) -> PathBuf {
+        self.dir.with_file_name(format!("{}.lock", self.name()))
+    }
+
+    fn name(&self) -> String {
+        self.dir.file_name().expect("slot directories have a name").to_string_lossy().into_owned()
+    }
+
+    /// Takes the slot's preparation lock, waiting while another process holds it: tries every 50 ms and
+    /// calls `poll_interrupts` between tries (it may unwind, which drops the open file and so gives up the
+    /// attempt). Returns the lock, and the wait if there was one. An Err means the lock cannot be had at
+    /// all (a location that cannot be written or created, a file system without flock): the caller then
+    /// does without it, as before there was one.
+    pub fn lock(&self, poll_interrupts: &mut dyn FnMut()) -> Result<(PrepareLock, Option<Wait>)> {
         let parent = self.dir.parent().expect("slot directories have a parent");
         std::fs::create_dir_all(parent).map_err(|e| io_error("creating", parent, e))?;
-        remove_stale_temporaries(parent);
+        let path = self.lock_path();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            // A lock file we may not write can still be locked (flock needs no write access).
+            .or_else(|_| File::open(&path))
+            .map_err(|e| io_error("opening", &path, e))?;
+        let mut waiting: Option<(Instant, Option<u32>)> = None;
+        loop {
+            match file.try_lock() {
+                Ok(()) => break,
+                Err(TryLockError::WouldBlock) => {
+                    let since = waiting.map_or_else(Instant::now, |(since, _)| since);
+                    // Read on every try: when a preparer dies, the next one announces itself.
+                    let holder = read_pid(&file).or(waiting.and_then(|(_, pid)| pid));
+                    waiting = Some((since, holder));
+                    poll_interrupts();
+                    std::thread::sleep(LOCK_POLL);
+                }
+                Err(TryLockError::Error(e)) => return Err(io_error("locking", &path, e)),
+            }
+        }
+        let wait = waiting.map(|(since, holder_pid)| Wait { duration: since.elapsed(), holder_pid });
+        Ok((PrepareLock { file }, wait))
+    }
+
+    /// A fresh temporary directory beside the slot, for ONNX Runtime to write the optimized model into.
+    /// Creating it is also the test that the cache location is writable. With the slot's lock held, the
+    /// temporaries an earlier preparer of this slot left (it died or was killed mid-way) are removed first:
+    /// no one else can be writing them.
+    pub fn begin(&self, lock: Option<&PrepareLock>) -> Result<PathBuf> {
+        let parent = self.dir.parent().expect("slot directories have a parent");
+        std::fs::create_dir_all(parent).map_err(|e| io_error("creating", parent, e))?;
+        let prefix = format!(".tmp-{}-", self.name());
+        remove_stale_temporaries(parent, lock.is_some().then_some(prefix.as_str()));
         let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-        let temporary = parent.join(format!(".tmp-{}-{nanos}", std::process::id()));
+        let temporary = parent.join(format!("{prefix}{}-{nanos}", std::process::id()));
         std::fs::create_dir(&temporary).map_err(|e| io_error("creating", &temporary, e))?;
         Ok(temporary)
     }
 
     /// Records checksums, fsyncs, and renames `temporary` into place. Returns false when another backend
-    /// finished first (its files are then used, ours removed).
+    /// finished first (its files are then used, ours removed; only when preparing without the lock).
     pub fn commit(&self, temporary: &Path) -> Result<bool> {
         let graph = temporary.join(GRAPH_FILE);
         let data = temporary.join(DATA_FILE);
@@ -201,6 +277,24 @@ impl PreparedSlot {
     }
 }
 
+impl PrepareLock {
+    /// Writes this process's pid into the lock file, so that waiters can say whose preparation they
+    /// waited for. Best effort: a lock file we may only read still locks.
+    pub fn announce(&self) {
+        let pid = format!("{}\n", std::process::id());
+        if self.file.set_len(0).is_ok() {
+            let _ = self.file.write_all_at(pid.as_bytes(), 0);
+        }
+    }
+}
+
+/// The pid a preparer wrote into the lock file (None if empty or unreadable, e.g. mid-write).
+fn read_pid(file: &File) -> Option<u32> {
+    let mut buffer = [0u8; 16];
+    let n = file.read_at(&mut buffer, 0).ok()?;
+    std::str::from_utf8(&buffer[..n]).ok()?.trim().parse().ok()
+}
+
 /// The SIMD features that decide how ONNX Runtime's kernels pack weights on this CPU.
 pub fn cpu_features() -> String {
     #[cfg(target_arch = "x86_64")]
@@ -238,11 +332,17 @@ fn remove_dir(dir: &Path) -> Result<()> {
     }
 }
 
-fn remove_stale_temporaries(parent: &Path) {
+/// Removes temporaries older than an hour (whoever made them is long gone), and every temporary whose
+/// name starts with `abandoned` (those of a slot whose lock the caller holds).
+fn remove_stale_temporaries(parent: &Path, abandoned: Option<&str>) {
     let Ok(entries) = std::fs::read_dir(parent) else { return };
     for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with(".tmp-") {
+            continue;
+        }
         let old = entry.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
-        if entry.file_name().to_string_lossy().starts_with(".tmp-") && old.is_some_and(|age| age > STALE_TEMPORARY) {
+        if old.is_some_and(|age| age > STALE_TEMPORARY) || abandoned.is_some_and(|prefix| name.starts_with(prefix)) {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
@@ -276,13 +376,13 @@ mod tests {
         let _ = std::fs::remove_dir_all(&root);
         let s = slot(&root);
         assert!(matches!(s.lookup().unwrap(), Lookup::Missing { removed_because: None }));
-        let tmp = s.begin().unwrap();
+        let tmp = s.begin(None).unwrap();
         std::fs::write(tmp.join(GRAPH_FILE), b"graph").unwrap();
         std::fs::write(tmp.join(DATA_FILE), vec![7u8; 10_000]).unwrap();
         assert!(s.commit(&tmp).unwrap());
         assert!(matches!(s.lookup().unwrap(), Lookup::Ready { bytes: 10_005, .. }));
         // A second preparer that finishes later loses the race without harm.
-        let tmp2 = s.begin().unwrap();
+        let tmp2 = s.begin(None).unwrap();
         std::fs::write(tmp2.join(GRAPH_FILE), b"graph").unwrap();
         std::fs::write(tmp2.join(DATA_FILE), vec![7u8; 10_000]).unwrap();
         assert!(!s.commit(&tmp2).unwrap());
@@ -302,6 +402,73 @@ mod tests {
     #[test]
     fn unwritable_location_is_an_error_not_a_panic() {
         let s = slot(Path::new("/proc/pg_clip-cannot-exist"));
-        assert!(s.begin().is_err());
+        assert!(s.begin(None).is_err());
+        assert!(s.lock(&mut || {}).is_err(), "no lock where nothing can be created: the caller goes without");
+    }
+
+    fn test_root(name: &str) -> PathBuf {
+        let root = std::env::temp_dir().join(format!("pg_clip-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        root
+    }
+
+    /// flock locks belong to an open file description, so two opens in one process contend like two
+    /// backends do.
+    #[test]
+    fn one_preparer_at_a_time_and_waiters_learn_whom_they_waited_for() {
+        let root = test_root("lock-test");
+        let s = slot(&root);
+        let (held, wait) = s.lock(&mut || {}).unwrap();
+        assert!(wait.is_none(), "a free lock is taken without waiting");
+        held.announce();
+        let released = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            drop(held);
+        });
+        let mut polls = 0;
+        let (_second, wait) = s.lock(&mut || polls += 1).unwrap();
+        released.join().unwrap();
+        let wait = wait.expect("the second taker waited");
+        assert!(wait.duration >= Duration::from_millis(250), "{wait:?}");
+        assert_eq!(wait.holder_pid, Some(std::process::id()));
+        assert!((3..=10).contains(&polls), "interrupts checked between tries (every 50 ms): {polls}");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn an_interrupted_wait_gives_up_its_attempt_and_a_dead_holder_frees_the_lock() {
+        let root = test_root("lock-cancel-test");
+        let s = slot(&root);
+        let (held, _) = s.lock(&mut || {}).unwrap();
+        // The SQL layer's poll raises an ERROR (query cancel) by unwinding; nothing may stay locked by it.
+        let cancelled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            s.lock(&mut || panic!("canceling statement due to user request"))
+        }));
+        assert!(cancelled.is_err());
+        // The holder goes (a closed descriptor, as when a process dies): the lock is free at once, though
+        // the lock file stays.
+        drop(held);
+        assert!(s.lock_path().exists());
+        let (_again, wait) = s.lock(&mut || panic!("must not wait")).unwrap();
+        assert!(wait.is_none());
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn the_lock_holder_removes_what_an_earlier_preparer_of_its_slot_left() {
+        let root = test_root("tmp-test");
+        let s = slot(&root);
+        let other = PreparedSlot::new(&root, "clip-ViT-B-32/random", "text", "abc", "1.31.1");
+        let dead = s.begin(None).unwrap();
+        let busy = other.begin(None).unwrap();
+        // Without the lock, another backend may still be writing: both stay.
+        let unlocked = s.begin(None).unwrap();
+        assert!(dead.exists() && busy.exists());
+        let (lock, _) = s.lock(&mut || {}).unwrap();
+        let fresh = s.begin(Some(&lock)).unwrap();
+        assert!(!dead.exists() && !unlocked.exists(), "this slot's leftovers are removed under its lock");
+        assert!(busy.exists(), "another slot's temporary is not this lock's business");
+        assert!(fresh.exists());
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -10,7 +10,7 @@ postmaster to check that the worker follows it, then starts the cluster again.
 
 usage: test_auto_embed.py CONNINFO PG_CTL_COMMAND SERVER_OPTIONS
   CONNINFO        host=... port=... user=... (no dbname: the test makes its own databases)
-  PG_CTL_COMMAND  how to run pg_ctl for the cluster, e.g. "runuser -u postgres -- .../pg_ctl -D .../data"
+  PG_CTL_COMMAND  how to run pg_ctl for the cluster, with its -D and -l (the server log, which the test reads)
   SERVER_OPTIONS  the server's options, for pg_ctl start -o after the postmaster was killed
 """
 import json
@@ -29,6 +29,7 @@ import checklist
 from checklist import check
 
 conninfo, pg_ctl, server_options = sys.argv[1], shlex.split(sys.argv[2]), sys.argv[3]
+server_log = pg_ctl[pg_ctl.index("-l") + 1]  # the cluster's log, where a failing worker would show
 base = os.environ.get("PG_CLIP_TEST_HTTP", "http://127.0.0.1:28836").rstrip("/")
 tag = f"ae{os.getpid()}"  # URLs and flaky keys unique to this run
 DB, DB2 = "pg_clip_auto", "pg_clip_auto2"
@@ -342,7 +343,19 @@ def main():
     gone = wait_until("the second worker", lambda: worker_pid(conn, DB2) is None, 15)
     check("... and no worker", gone is not None)
     check("the first database's worker is unaffected", worker_pid(conn, DB) == pids[0])
+    # A database dropped under its worker: the worker is not started again (it would fail to connect every few
+    # seconds, holding a background worker slot each time).
+    one(conn2, "SELECT clip_auto_embed('products', 'image_url', 'image_embedding')")
+    wait_until("the second worker again", lambda: worker_pid(conn, DB2) is not None, 15)
+    oid2 = one(conn, "SELECT oid FROM pg_database WHERE datname = %s", (DB2,))
     conn2.close()
+    log_size = os.path.getsize(server_log)
+    admin.execute(f"DROP DATABASE {DB2} WITH (FORCE)")
+    time.sleep(12)
+    with open(server_log, errors="replace") as f:
+        f.seek(log_size)
+        retries = f.read().count(f"database {oid2} does not exist")
+    check("a worker whose database was dropped is not started again", retries == 0, retries)
 
     # pg_ctl restart -m fast in the middle of a 300-row drain: afterwards every row embedded exactly once.
     drain = list(range(20000, 20300))

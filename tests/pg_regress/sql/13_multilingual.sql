@@ -3,19 +3,17 @@
 -- seeded RANDOM too: shapes, token ids, identities, errors and costs are tested here, not meaning.
 
 -- Which encoder is in force, and whether it is loaded, without loading anything.
-SELECT text_model, text_model_version, text_random_weights, text_precision, text_model_loaded,
-       multilingual_loaded, text_loaded FROM clip_model_info();
+SELECT text_model, text_random_weights, text_precision, text_model_loaded, text_loaded FROM clip_model_info();
 SET pg_clip.text_model = multilingual;
 SHOW pg_clip.text_model;
-SELECT text_model, text_model_version, text_random_weights, text_precision, text_model_loaded,
-       multilingual_loaded FROM clip_model_info();
+SELECT text_model, text_random_weights, text_precision, text_model_loaded, text_load_mode FROM clip_model_info();
 
 -- The ids the encoder sees: BERT's cased WordPiece, [CLS] = 101 ... [SEP] = 102 (equal to transformers'
 -- BertTokenizer's; tests/tokenizer_multilingual.rs checks 547 texts). Tokenizing loads the vocabulary, no tower.
 SELECT t AS text, clip_text_tokens(t) AS ids
   FROM unnest(ARRAY['красный рюкзак', 'Красный рюкзак', 'a red backpack', 'рюкзак Nike Air Max 90, 30 л',
                     '红色背包', '👜 сумка']) AS t;
-SELECT text_model_loaded, multilingual_loaded FROM clip_model_info();
+SELECT text_model_loaded FROM clip_model_info();
 -- NFD (е + combining diaeresis, as some keyboards type it) is composed first: the same ids as "ёлка".
 SELECT clip_text_tokens(U&'\0435\0308лка') = clip_text_tokens('ёлка') AS nfd_is_nfc, clip_text_tokens('ёлка') AS ids;
 -- Longer than 128 tokens: cut to 128 ids, [SEP] last, not an error.
@@ -28,7 +26,9 @@ SELECT clip_test.try($$SELECT clip_text_tokens('')$$) AS empty_text,
 
 -- The first embedding loads the tower (and says once that its weights are random).
 SELECT vector_dims(clip_embed_text('красный рюкзак')) AS dims;
-SELECT text_model_loaded, multilingual_loaded, text_loaded AS clip_text_loaded FROM clip_model_info();
+-- Its weights are shared with other backends through a prepared file (made now, or mapped if it was there).
+SELECT text_model_loaded, text_load_mode IN ('prepared', 'shared') AS shared_weights, text_loaded AS clip_text_loaded
+  FROM clip_model_info();
 -- Russian, English, mixed Cyrillic and Latin, CJK, emoji: unit vectors of the image vectors' 512 dimensions.
 SELECT t AS text, vector_dims(v) AS dims, round(vector_norm(v)::numeric, 5) AS norm
   FROM unnest(ARRAY['красный рюкзак', 'a red backpack', 'рюкзак Nike Air Max 90, 30 л', '红色背包',
@@ -56,15 +56,16 @@ SELECT clip_test.try($$SELECT clip_embed_text(repeat('ж', 600))$$) AS over_text
 RESET pg_clip.max_text_bytes;
 SELECT clip_embed_text(NULL) IS NULL AS null_in_null_out;
 
--- Both encoders in one session: switching the setting keeps both loaded (neither is loaded again), and the
--- same text gets a different vector from each (different towers, different weights).
+-- Both encoders in one session: switching the setting keeps both loaded (neither is loaded again: the one in
+-- force is loaded right after the SET, before any call), and the same text gets a different vector from each
+-- (different towers, different weights). text_loaded is CLIP's text tower whatever the setting.
 CREATE TEMP TABLE both_encoders AS SELECT 'multilingual' AS encoder, clip_embed_text('red backpack') AS v;
 SET pg_clip.text_model = clip;
 SELECT clip_text_tokens('red backpack') AS clip_ids;
 INSERT INTO both_encoders SELECT 'clip', clip_embed_text('red backpack');
-SELECT text_model, text_model_loaded, text_loaded AS clip_text_loaded, multilingual_loaded FROM clip_model_info();
+SELECT text_model, text_model_loaded, text_loaded AS clip_text_loaded FROM clip_model_info();
 SET pg_clip.text_model = multilingual;
-SELECT text_model, text_model_loaded, text_loaded AS clip_text_loaded, multilingual_loaded FROM clip_model_info();
+SELECT text_model, text_model_loaded AS multilingual_loaded, text_loaded AS clip_text_loaded FROM clip_model_info();
 SELECT count(DISTINCT v::text) AS distinct_vectors, bool_and(vector_dims(v) = 512) AS all_512 FROM both_encoders;
 SELECT (SELECT v FROM both_encoders WHERE encoder = 'multilingual') = clip_embed_text('red backpack') AS same_again;
 RESET pg_clip.text_model;
@@ -117,7 +118,7 @@ SELECT clip_test.use_model('no_multilingual') IS NULL;
 SET pg_clip.text_model = multilingual;
 SELECT clip_test.try($$SELECT clip_embed_text('красный рюкзак')$$) AS no_multilingual_tower;
 SELECT clip_test.try($$SELECT clip_text_tokens('красный рюкзак')$$) AS no_multilingual_tokenizer;
-SELECT text_model, text_model_version IS NULL AS no_version, text_random_weights IS NULL AS no_flag FROM clip_model_info();
+SELECT text_model, text_random_weights IS NULL AS no_tower FROM clip_model_info();
 SET pg_clip.text_model = clip;
 SELECT vector_dims(clip_embed_text('red backpack')) AS clip_still_works;
 SELECT clip_test.use_model('no_multilingual_int8') IS NULL;
