@@ -65,11 +65,11 @@ fn emit_pending_warning() {
 /// CLIP image embedding of an encoded image (JPEG, PNG, WebP, GIF, BMP, TIFF), L2-normalised.
 ///
 /// STABLE, not IMMUTABLE: the result depends on pg_clip.model_path, pg_clip.exif_orientation and
-/// pg_clip.image_transparency, so it must not be folded into cached plans or expression indexes. A STABLE call in ORDER BY is evaluated once
-/// by an index scan; a sequential scan evaluates it per row, which the per-backend cache turns into a
-/// lookup. COST 10000 (about 25 ms in the planner's units) tells the planner one call is expensive, which
-/// favours plans that evaluate it once. PARALLEL RESTRICTED: a parallel worker would load its own copy of
-/// the model (hundreds of MB) for one query.
+/// pg_clip.image_transparency, so it must not be folded into cached plans or expression indexes. A STABLE
+/// call in ORDER BY is evaluated once by an index scan; a sequential scan evaluates it per row, which the
+/// per-backend cache turns into a lookup. COST 10000 (about 25 ms in the planner's units) tells the planner
+/// one call is expensive, which favours plans that evaluate it once. PARALLEL RESTRICTED: a parallel worker
+/// would load its own copy of the model (hundreds of MB) for one query.
 #[pg_extern(stable, strict, parallel_restricted, cost = 10000)]
 fn clip_embed_bytes(image: &[u8], fcinfo: pg_sys::FunctionCallInfo) -> Vector {
     embed_at_call_site(fcinfo, "clip_embed_bytes", |request| model::embed_image(image, request))

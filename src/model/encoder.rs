@@ -1,6 +1,6 @@
-//! The towers (image, CLIP text, multilingual text): one ONNX Runtime session each per backend, created on first use and kept
-//! for the life of the backend. All session code lives here, so that a later step (shared, pre-packed
-//! weights) changes one place.
+//! The towers (image, CLIP text, multilingual text): one ONNX Runtime session each per backend, created on
+//! first use and kept for the life of the backend. All session code lives here, so that a later step (shared,
+//! pre-packed weights) changes one place.
 
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;

@@ -4,10 +4,10 @@ itself, a real PostgreSQL with pg_clip, and photos served over HTTP by tests/htt
 scripts/test.sh after the other client tests.
 
 It uploads a catalogue photo and finds that photo's product first; pages with "Show more"; "More like this"
-finds the product itself first at distance 0; searches by words, English and Russian; shows the readable sentence for a file that is
-not an image, an unsupported format, a picture with too many pixels, an upload over the application's limit
-(refused before the database) and a database that cannot be reached; drops and pastes a photo; reaches the
-results with the keyboard alone; stays readable at a phone's width. Screenshots go to target/page-screenshots/.
+finds the product itself first at distance 0; searches by words, English and Russian; shows the readable sentence
+for a file that is not an image, an unsupported format, a picture with too many pixels, an upload over the
+application's limit (refused before the database) and a database that cannot be reached; drops and pastes a photo;
+reaches the results with the keyboard alone; stays readable at a phone's width. Screenshots go to target/page-screenshots/.
 
 usage: test_page.py DSN INPUTS_DIR   (INPUTS_DIR: made by tests/pg_regress/make_inputs.py and served by the image
                                       host at $PG_CLIP_TEST_HTTP, default http://127.0.0.1:28836, under /img/)
