@@ -8,8 +8,8 @@
 #   make test-package PG=N  - installs that package where no build output is, searches, removes it
 PG ?= $(or $(PG_MAJOR),15)
 export PG_MAJOR := $(PG)
-.PHONY: demo test bench bench-memory bench-cold-start bench-search bench-fetch bench-auto-embed setup install model stop clean \
-	package test-package
+.PHONY: demo test bench bench-memory bench-cold-start bench-search bench-fetch bench-auto-embed bench-text setup install \
+	model stop clean package test-package
 
 demo:
 	scripts/demo.sh
@@ -34,6 +34,9 @@ bench-fetch:
 
 bench-auto-embed:
 	scripts/bench_auto_embed.sh $(IMAGES)
+
+bench-text:
+	scripts/bench_text.sh
 
 setup:
 	scripts/setup.sh

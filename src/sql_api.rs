@@ -25,6 +25,9 @@ fn embed_request() -> EmbedRequest {
         precision: settings::image_precision(),
         sharing: settings::weight_sharing(),
         poll_interrupts,
+        text_model: settings::text_model(),
+        text_precision: settings::text_precision(),
+        transparency: settings::image_transparency(),
     }
 }
 
@@ -61,24 +64,45 @@ fn emit_pending_warning() {
 
 /// CLIP image embedding of an encoded image (JPEG, PNG, WebP, GIF, BMP, TIFF), L2-normalised.
 ///
-/// STABLE, not IMMUTABLE: the result depends on pg_clip.model_path and pg_clip.exif_orientation, so it
-/// must not be folded into cached plans or expression indexes. A STABLE call in ORDER BY is evaluated once
-/// by an index scan; a sequential scan evaluates it per row, which the per-backend cache turns into a
-/// lookup. COST 10000 (about 25 ms in the planner's units) tells the planner one call is expensive, which
-/// favours plans that evaluate it once. PARALLEL RESTRICTED: a parallel worker would load its own copy of
-/// the model (hundreds of MB) for one query.
+/// STABLE, not IMMUTABLE: the result depends on pg_clip.model_path, pg_clip.exif_orientation and
+/// pg_clip.image_transparency, so it must not be folded into cached plans or expression indexes. A STABLE
+/// call in ORDER BY is evaluated once by an index scan; a sequential scan evaluates it per row, which the
+/// per-backend cache turns into a lookup. COST 10000 (about 25 ms in the planner's units) tells the planner
+/// one call is expensive, which favours plans that evaluate it once. PARALLEL RESTRICTED: a parallel worker
+/// would load its own copy of the model (hundreds of MB) for one query.
 #[pg_extern(stable, strict, parallel_restricted, cost = 10000)]
 fn clip_embed_bytes(image: &[u8], fcinfo: pg_sys::FunctionCallInfo) -> Vector {
     embed_at_call_site(fcinfo, "clip_embed_bytes", |request| model::embed_image(image, request))
 }
 
-/// CLIP text embedding of a query ("red backpack"), in the same space as the image vectors: OpenAI CLIP's
-/// BPE tokens (lower-cased, cleaned, start/end tokens, truncated to the 77-token context), the text tower,
-/// L2-normalised. The text tower loads on the first text call, not before. Labels as clip_embed_bytes; COST
-/// 2000 since the text tower costs about a fifth of the image tower.
+/// Text embedding of a query ("red backpack", "красный рюкзак"), in the same space as the image vectors, by the
+/// encoder pg_clip.text_model chooses: `clip`, OpenAI CLIP's text tower (its BPE tokens: lower-cased, cleaned,
+/// start/end tokens, truncated to the 77-token context), or `multilingual`, clip-ViT-B-32-multilingual-v1's
+/// (BERT's cased WordPiece, [CLS] ... [SEP], truncated to 128 tokens); L2-normalised. Each tower loads on the
+/// first text call that needs it, not before; both may be loaded in one backend. Labels as clip_embed_bytes
+/// (STABLE: the result also depends on pg_clip.text_model); COST 2000 since either text tower costs about a
+/// fifth of the image tower.
 #[pg_extern(stable, strict, parallel_restricted, cost = 2000)]
 fn clip_embed_text(query: &str, fcinfo: pg_sys::FunctionCallInfo) -> Vector {
     embed_at_call_site(fcinfo, "clip_embed_text", |request| model::embed_text(query, request))
+}
+
+/// The ids the text encoder in force (pg_clip.text_model) sees for `query`: `[49406, ..., 49407]` (CLIP's
+/// start and end tokens) or `[101, ..., 102]` (`[CLS]`, `[SEP]`), truncated as clip_embed_text truncates.
+/// For debugging a query and for tests; the same errors as clip_embed_text (22023 empty, 54000 too long).
+///
+/// STABLE (the result depends on pg_clip.text_model and pg_clip.model_path), STRICT (NULL in, NULL out).
+/// PARALLEL SAFE, unlike the embedding functions: it loads the tokenizer alone (a vocabulary file of about 1 MB,
+/// tens of ms), no tower, so a parallel worker that runs it costs little. COST 100: a tokenization is
+/// microseconds, the first call of a backend reads the vocabulary.
+#[pg_extern(stable, strict, parallel_safe, cost = 100)]
+fn clip_text_tokens(query: &str) -> Vec<i32> {
+    let request = embed_request();
+    match guarded("clip_text_tokens", || model::text_tokens(query, &request)) {
+        // Both vocabularies are far below 2^31 entries (49,408 and 119,547).
+        Ok(ids) => ids.into_iter().map(|id| id as i32).collect(),
+        Err(e) => raise(e, "clip_text_tokens"),
+    }
 }
 
 /// The common path of the embedding functions: the call site's remembered result if it has one (see
@@ -190,6 +214,12 @@ fn clip_model_info() -> TableIterator<
         name!(text_load_mode, Option<String>),
         name!(text_load_waited_ms, Option<f64>),
         name!(text_load_waited_for_pid, Option<i32>),
+        // pgrx's TableIterator takes at most 32 columns, and these four make 32: a further column needs another
+        // shape (a second function, or a composite), not one more tuple element.
+        name!(text_model, String),
+        name!(text_random_weights, Option<bool>),
+        name!(text_precision, String),
+        name!(text_model_loaded, bool),
     ),
 > {
     let request = embed_request();
@@ -224,9 +254,14 @@ fn clip_model_info() -> TableIterator<
         info.image_load.private_kb.map(|kb| kb as f64 / 1024.0),
         info.image_load.waited.map(ms),
         info.image_load.waited_for_pid.map(|pid| pid as i32),
-        info.text_loaded.then(|| info.text_load.mode.to_string()),
+        // The text tower in force (pg_clip.text_model), as the columns below describe it.
+        info.text_model_loaded.then(|| info.text_load.mode.to_string()),
         info.text_load.waited.map(ms),
         info.text_load.waited_for_pid.map(|pid| pid as i32),
+        info.text_model.name().to_string(),
+        info.text_random_weights,
+        format!("{:?}", info.text_precision).to_lowercase(),
+        info.text_model_loaded,
     ))
 }
 

@@ -6,6 +6,11 @@
 //! crop as a uint8 PNG (the script proves that re-normalising it gives the reference tensor bit for
 //! bit). We compare normalised tensors and count differing uint8 values.
 //!
+//! Transparency, two eras: fixtures with transparency (alpha, tRNS, a GIF transparent index) have a crop
+//! for transformers 4.x (`"transparency": "drop"`, `Transparency::DropAlpha`: alpha dropped) and one for 5.x
+//! (`"white"`, `Transparency::OntoWhite`: composited onto white). A fixture without transparency has one
+//! crop, which both settings must give: that catches a decoder reporting alpha where Pillow sees none.
+//!
 //! Tolerances:
 //! * lossless inputs (PNG, BMP, TIFF, GIF, lossless WebP) must match exactly: decoding is exact and the
 //!   resize, crop and arithmetic are bit-for-bit ports;
@@ -23,7 +28,7 @@
 
 use std::path::{Path, PathBuf};
 
-use pg_clip::image::{preprocess, preprocess_to_rgb8, ImageLimits, PreprocessConfig};
+use pg_clip::image::{preprocess, preprocess_to_rgb8, ImageLimits, PreprocessConfig, Transparency};
 use serde_json::Value;
 
 const MEAN_ABS_TOLERANCE: f64 = 0.005;
@@ -62,20 +67,42 @@ fn run_fixture_set(dir: &Path) -> Outcome {
     )
     .expect("fixtures.json");
     println!("fixtures in {} (reference: {})", dir.display(), manifest["reference"].as_str().unwrap_or("?"));
-    println!("fixture {:<28} {:<7} {:>9} {:>8} {:>16}  input", "name", "exif", "mean", "max", "differing u8");
+    println!(
+        "fixture {:<28} {:<7} {:<5} {:>9} {:>8} {:>16}  input",
+        "name", "exif", "alpha", "mean", "max", "differing u8"
+    );
     let mut outcome = Outcome { failures: Vec::new(), compared: 0 };
     for fixture in manifest["fixtures"].as_array().expect("fixtures array") {
         let name = fixture["name"].as_str().unwrap();
         let bytes = std::fs::read(dir.join(fixture["input"].as_str().unwrap())).unwrap();
         let exact = fixture["exact"].as_bool().unwrap();
+        // Older fixture sets have no transparency fields: their crops are the 4.x era's.
+        let has_transparency = fixture["has_transparency"].as_bool().unwrap_or(true);
+        let mut runs = Vec::new();
         for variant in fixture["expected"].as_array().unwrap() {
+            let era = match variant["transparency"].as_str().unwrap_or("drop") {
+                "drop" => Transparency::DropAlpha,
+                "white" => Transparency::OntoWhite,
+                other => panic!("{name}: unknown transparency {other:?}"),
+            };
+            runs.push((variant, era));
+            if !has_transparency {
+                runs.push((variant, Transparency::OntoWhite));
+            }
+        }
+        for (variant, transparency) in runs {
             let apply_exif = variant["apply_exif_orientation"].as_bool().unwrap();
-            let cfg = PreprocessConfig { apply_exif_orientation: apply_exif, ..PreprocessConfig::clip_vit_b32() };
+            let cfg = PreprocessConfig {
+                apply_exif_orientation: apply_exif,
+                transparency,
+                ..PreprocessConfig::clip_vit_b32()
+            };
             let label = if apply_exif { "applied" } else { "ignored" };
+            let alpha = transparency.name();
             let (tensor, info) = match preprocess(&bytes, &LIMITS, &cfg) {
                 Ok(ok) => ok,
                 Err(e) => {
-                    outcome.failures.push(format!("{name} ({label}): {e}"));
+                    outcome.failures.push(format!("{name} ({label}, {alpha}): {e}"));
                     continue;
                 }
             };
@@ -84,7 +111,7 @@ fn run_fixture_set(dir: &Path) -> Outcome {
             if let Some(dump) = std::env::var_os("PG_CLIP_FIXTURE_DUMP") {
                 // For eyeballing a failure: our crop next to the expected one.
                 let side = cfg.crop_size;
-                let path = Path::new(&dump).join(format!("{name}.{label}.ours.png"));
+                let path = Path::new(&dump).join(format!("{name}.{label}.{alpha}.ours.png"));
                 image::save_buffer(&path, &crop, side, side, image::ExtendedColorType::Rgb8).unwrap();
             }
             let expected = reference_tensor(&expected_crop, &cfg);
@@ -96,7 +123,7 @@ fn run_fixture_set(dir: &Path) -> Outcome {
             let differing = crop.iter().zip(&expected_crop).filter(|(a, b)| a != b).count();
             let bit_exact = tensor.iter().zip(&expected).all(|(a, b)| a.to_bits() == b.to_bits());
             println!(
-                "fixture {name:<28} {label:<7} {mean:>9.6} {max:>8.5} {differing:>7}/{:<8} {}",
+                "fixture {name:<28} {label:<7} {alpha:<5} {mean:>9.6} {max:>8.5} {differing:>7}/{:<8} {}",
                 crop.len(),
                 fixture["note"].as_str().unwrap_or("")
             );
@@ -113,11 +140,13 @@ fn run_fixture_set(dir: &Path) -> Outcome {
             }
             if exact && !bit_exact {
                 outcome.failures.push(format!(
-                    "{name} ({label}): lossless input must match exactly, {differing} values differ (max {max})"
+                    "{name} ({label}, {alpha}): lossless input must match exactly, {differing} values differ (max {max})"
                 ));
             }
             if mean > MEAN_ABS_TOLERANCE || max > MAX_ABS_TOLERANCE {
-                outcome.failures.push(format!("{name} ({label}): mean {mean:.6} max {max:.5} beyond tolerance"));
+                outcome
+                    .failures
+                    .push(format!("{name} ({label}, {alpha}): mean {mean:.6} max {max:.5} beyond tolerance"));
             }
         }
     }

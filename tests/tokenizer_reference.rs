@@ -1,7 +1,7 @@
 //! The Rust tokenizer against OpenAI CLIP's, on the corpus in tests/fixtures/tokenizer/corpus.jsonl (made by
 //! make_corpus.py beside it; its first line records the reference and versions). Every line must match the
 //! reference's ids exactly, except lines marked `known_difference` (mojibake, HTML5-only entity names,
-//! characters newer than Unicode 14: see src/tokenizer.rs), which must match `ids_documented_model` when the
+//! characters newer than Unicode 14: see src/tokenizer/clip.rs), which must match `ids_documented_model` when the
 //! corpus has it, i.e. differ only in the documented way.
 //!
 //! The vocabulary (1.3 MB) is not committed. It is taken from $PG_CLIP_BPE_VOCAB, else the model directory

@@ -7,6 +7,7 @@ const els = {
   photo: $("photo"), camera: $("camera"), words: $("words"), form: $("text-form"), note: $("model-note"),
   error: $("error"), section: $("results-section"), query: $("query"), queryPhoto: $("query-photo"),
   queryText: $("query-text"), status: $("status"), results: $("results"), more: $("more"), maxMb: $("max-mb"),
+  wordsHint: $("words-hint"),
 };
 
 const settings = { maxUploadBytes: 20 * 1024 * 1024, pageSize: 24, maxResults: 1000 };
@@ -53,7 +54,14 @@ async function loadInfo() {
     showError(body.error, body.sqlstate);
     return;
   }
-  if (body.random_weights) {
+  // Which languages the words box takes depends on the text encoder the application chose (--text-model).
+  if (body.text_model === "multilingual") {
+    els.wordsHint.textContent = "(English, Russian or 50+ other languages)";
+    els.words.placeholder = "e.g. red backpack, красный рюкзак";
+  } else {
+    els.wordsHint.textContent = "(in English)";
+  }
+  if (body.random_weights || body.text_random_weights) {
     els.note.textContent = "Note: this catalogue's model (" + body.model_version + ") has random weights. " +
       "A photo from the catalogue still finds itself first (distance 0), but the other matches are arbitrary.";
     els.note.hidden = false;

@@ -63,6 +63,7 @@ fn pipeline_key(request: &EmbedRequest, fetch: &FetchConfig, onnx_sha256: &str) 
     onnx_sha256.hash(&mut hasher);
     format!("{:?}", request.precision).hash(&mut hasher);
     request.exif_orientation.hash(&mut hasher);
+    request.transparency.hash(&mut hasher);
     request.limits.hash(&mut hasher);
     hasher.finish()
 }
@@ -80,9 +81,7 @@ pub fn embed_urls(
     let (preprocess, tensor_len, onnx_sha256) = {
         let mut state = state();
         let encoder = state.encoder(request)?;
-        let mut config = encoder.model.manifest.preprocess_config();
-        config.apply_exif_orientation = request.exif_orientation;
-        (config, encoder.tensor_len(), encoder.key.onnx_sha256.clone())
+        (request.preprocess_config(&encoder.model.manifest), encoder.tensor_len(), encoder.key.onnx_sha256.clone())
     };
     let fetcher = Fetcher::get()?;
     let key = pipeline_key(request, fetch, &onnx_sha256);

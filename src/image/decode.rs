@@ -3,10 +3,13 @@
 //!
 //! Conversions, and where they differ from Pillow on purpose:
 //! * grey (L, 1/2/4-bit) -> replicated to R, G and B, as Pillow;
-//! * alpha (LA, RGBA, palette or grey/RGB with a PNG tRNS entry) -> dropped, keeping the colour
-//!   underneath, as Pillow's convert does. transformers up to the early 5.x releases called exactly
-//!   that (`image.convert("RGB")`), so the stored vectors saw it; transformers 5.23's `convert_to_rgb`
-//!   composites such images onto white instead, which we do not follow;
+//! * alpha (LA, RGBA, palette or grey/RGB with a PNG tRNS entry, a GIF transparent index) -> by default
+//!   dropped, keeping the colour underneath, as Pillow's convert does: transformers 4.x called exactly
+//!   that (`image.convert("RGB")`), so the stored vectors saw it. With [`Transparency::OntoWhite`],
+//!   composited onto white as transformers 5.x's `convert_to_rgb` does ([`onto_white`]). The decoders
+//!   report alpha for exactly the images Pillow sees transparency in (checked by the fixtures of both
+//!   eras); where an image has an alpha channel that is opaque throughout (a GIF without a transparent
+//!   index, which the decoder hands over as RGBA), compositing leaves it unchanged, as Pillow would;
 //! * palette -> looked up (the PNG and GIF decoders expand it), transparency ignored as above;
 //! * JPEG -> decoded by libjpeg-turbo's code, CMYK converted with Pillow's arithmetic (see `jpeg`);
 //! * 16-bit samples -> round(v / 257). Pillow clamps 16-bit grey ("I;16") to 255, whitening almost
@@ -24,7 +27,7 @@ use image::{ColorType, ImageDecoder, ImageError, ImageFormat, ImageReader};
 
 use super::format::{sniff, Sniffed};
 use super::jpeg;
-use super::{DecodedInfo, ImageLimits};
+use super::{DecodedInfo, ImageLimits, Transparency};
 use crate::error::{PgClipError, Result};
 
 /// A packed 8-bit RGB image, rows top to bottom.
@@ -46,7 +49,7 @@ const MAX_DECODED_BYTES_PER_PIXEL: u64 = 8;
 /// Headroom for a decoder's own tables and line buffers on top of the pixels themselves.
 const DECODER_WORKING_MEMORY: u64 = 64 << 20;
 
-pub(crate) fn decode_rgb8(bytes: &[u8], limits: &ImageLimits) -> Result<Decoded> {
+pub(crate) fn decode_rgb8(bytes: &[u8], limits: &ImageLimits, transparency: Transparency) -> Result<Decoded> {
     if bytes.is_empty() {
         return Err(PgClipError::EmptyInput { what: "image" });
     }
@@ -74,7 +77,7 @@ pub(crate) fn decode_rgb8(bytes: &[u8], limits: &ImageLimits) -> Result<Decoded>
     };
     catch_decoder_panic(name, || match format {
         ImageFormat::Jpeg => decode_jpeg(bytes, limits),
-        _ => decode_with_image_crate(bytes, format, name, limits),
+        _ => decode_with_image_crate(bytes, format, name, limits, transparency),
     })
 }
 
@@ -128,6 +131,7 @@ fn decode_with_image_crate(
     format: ImageFormat,
     name: &'static str,
     limits: &ImageLimits,
+    transparency: Transparency,
 ) -> Result<Decoded> {
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     let mut fence = image::Limits::default();
@@ -158,11 +162,15 @@ fn decode_with_image_crate(
             .map_err(|_| PgClipError::invalid_image(format!("{name} image too large for this platform")))?;
         let mut native = vec![0u8; len];
         decoder.read_image(&mut native).map_err(|e| decode_error(name, e))?;
-        native_to_rgb8(native, color)
+        native_to_rgb8(native, color, transparency)
     } else {
         // Float TIFFs and the like: rare enough to go through the crate's own conversion.
         let image = image::DynamicImage::from_decoder(decoder).map_err(|e| decode_error(name, e))?;
-        image.to_rgb8().into_raw()
+        if transparency == Transparency::OntoWhite && image.color().has_alpha() {
+            native_to_rgb8(image.to_rgba8().into_raw(), ColorType::Rgba8, transparency)
+        } else {
+            image.to_rgb8().into_raw()
+        }
     };
     Ok(Decoded { image: RgbImage { pixels: rgb, width, height }, info })
 }
@@ -187,7 +195,26 @@ fn scale16(sample: u16) -> u8 {
     ((u32::from(sample) + 128) / 257) as u8
 }
 
-fn native_to_rgb8(native: Vec<u8>, color: ColorType) -> Vec<u8> {
+/// transformers 5.x's `convert_to_rgb` for one sample: `Image.alpha_composite(white, image)`, then RGB.
+/// Pillow's integer implementation (libImaging/AlphaComposite.c, 7 bits of extra precision, divisions by 255
+/// rounded with its shift trick) with the destination opaque white, where its coefficients reduce to
+/// `alpha * 128` and `(255 - alpha) * 128`: the result is round((value * alpha + 255 * (255 - alpha)) / 255),
+/// ties up. A fully transparent pixel is white; an opaque one keeps its value.
+pub(crate) fn onto_white(value: u8, alpha: u8) -> u8 {
+    if alpha == 0 {
+        return 255;
+    }
+    const PRECISION_BITS: u32 = 7;
+    let (value, alpha) = (u32::from(value), u32::from(alpha));
+    let blend = 255 * (255 - alpha); // the destination's alpha (255) times the source's complement
+    let outa255 = alpha * 255 + blend;
+    let coef1 = alpha * 255 * 255 * (1 << PRECISION_BITS) / outa255;
+    let coef2 = 255 * (1 << PRECISION_BITS) - coef1;
+    let tmp = value * coef1 + 255 * coef2 + (0x80 << PRECISION_BITS);
+    ((((tmp >> 8) + tmp) >> 8) >> PRECISION_BITS) as u8
+}
+
+fn native_to_rgb8(native: Vec<u8>, color: ColorType, transparency: Transparency) -> Vec<u8> {
     let (channels, samples) = match color {
         ColorType::Rgb8 => return native,
         ColorType::L8 => (1, native),
@@ -206,10 +233,15 @@ fn native_to_rgb8(native: Vec<u8>, color: ColorType) -> Vec<u8> {
         }
         _ => unreachable!("only called for the 8- and 16-bit layouts"),
     };
+    let white = transparency == Transparency::OntoWhite;
     let mut rgb = Vec::with_capacity(samples.len() / channels * 3);
     match channels {
         1 => samples.iter().for_each(|&l| rgb.extend_from_slice(&[l, l, l])),
+        2 if white => samples.chunks_exact(2).for_each(|la| rgb.extend_from_slice(&[onto_white(la[0], la[1]); 3])),
         2 => samples.chunks_exact(2).for_each(|la| rgb.extend_from_slice(&[la[0], la[0], la[0]])),
+        _ if white => samples.chunks_exact(4).for_each(|p| {
+            rgb.extend_from_slice(&[onto_white(p[0], p[3]), onto_white(p[1], p[3]), onto_white(p[2], p[3])])
+        }),
         _ => samples.chunks_exact(4).for_each(|p| rgb.extend_from_slice(&p[..3])),
     }
     rgb
@@ -231,12 +263,40 @@ mod tests {
 
     #[test]
     fn alpha_is_dropped_keeping_the_colour_underneath() {
+        let drop = Transparency::DropAlpha;
         let rgba = vec![10, 20, 30, 0, 40, 50, 60, 255];
-        assert_eq!(native_to_rgb8(rgba, ColorType::Rgba8), [10, 20, 30, 40, 50, 60]);
-        assert_eq!(native_to_rgb8(vec![7, 0], ColorType::La8), [7, 7, 7]);
+        assert_eq!(native_to_rgb8(rgba, ColorType::Rgba8, drop), [10, 20, 30, 40, 50, 60]);
+        assert_eq!(native_to_rgb8(vec![7, 0], ColorType::La8, drop), [7, 7, 7]);
         let l16: Vec<u8> = [0u16, 0x8080, 0xFFFF].iter().flat_map(|v| v.to_ne_bytes()).collect();
-        assert_eq!(native_to_rgb8(l16, ColorType::L16), [0, 0, 0, 128, 128, 128, 255, 255, 255]);
+        assert_eq!(native_to_rgb8(l16, ColorType::L16, drop), [0, 0, 0, 128, 128, 128, 255, 255, 255]);
         let rgba16: Vec<u8> = [0x0100u16, 0x7F80, 0xFFFF, 0].iter().flat_map(|v| v.to_ne_bytes()).collect();
-        assert_eq!(native_to_rgb8(rgba16, ColorType::Rgba16), [1, 127, 255]);
+        assert_eq!(native_to_rgb8(rgba16, ColorType::Rgba16, drop), [1, 127, 255]);
+    }
+
+    #[test]
+    fn onto_white_composites_as_pillow_does() {
+        let white = Transparency::OntoWhite;
+        let rgba = vec![10, 20, 30, 0, 40, 50, 60, 255, 0, 100, 200, 128];
+        assert_eq!(native_to_rgb8(rgba, ColorType::Rgba8, white), [255, 255, 255, 40, 50, 60, 127, 177, 227]);
+        assert_eq!(
+            native_to_rgb8(vec![7, 0, 7, 255, 0, 1], ColorType::La8, white),
+            [255, 255, 255, 7, 7, 7, 254, 254, 254]
+        );
+        // (Expected values printed by Pillow 13: Image.alpha_composite onto white, then RGB.) Alpha-less layouts
+        // are untouched.
+        assert_eq!(native_to_rgb8(vec![1, 2, 3], ColorType::Rgb8, white), [1, 2, 3]);
+        assert_eq!(native_to_rgb8(vec![9], ColorType::L8, white), [9, 9, 9]);
+        let rgba16: Vec<u8> = [0u16, 0xFFFF, 0x8080, 0x8080].iter().flat_map(|v| v.to_ne_bytes()).collect();
+        assert_eq!(native_to_rgb8(rgba16, ColorType::Rgba16, white), [127, 255, 191]);
+        // Every (value, alpha): Pillow 13's alpha_composite onto white gives, for all 65,536 of them, what
+        // transformers' numpy path computes, round(alpha / 255 * value + (1 - alpha / 255) * 255) (checked
+        // in Python over the full table, tests/fixtures/make_fixtures.py --check-composite).
+        for alpha in 0..=255u8 {
+            for value in 0..=255u8 {
+                let a = f64::from(alpha) / 255.0;
+                let expected = (a * f64::from(value) + (1.0 - a) * 255.0).round_ties_even() as u8;
+                assert_eq!(onto_white(value, alpha), expected, "value {value} alpha {alpha}");
+            }
+        }
     }
 }

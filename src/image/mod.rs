@@ -5,7 +5,8 @@
 //! 5.x the same code is `CLIPImageProcessorPil`; the default `CLIPImageProcessor` there uses torchvision
 //! and resizes differently). To reproduce its vectors we reproduce its pixels:
 //!
-//! 1. decode, then convert to 8-bit RGB the way `PIL.Image.convert("RGB")` does ([`decode`]);
+//! 1. decode, then convert to 8-bit RGB the way `PIL.Image.convert("RGB")` does ([`decode`]), or, with
+//!    [`Transparency::OntoWhite`], the way transformers 5.x does (composited onto white);
 //! 2. optionally apply the EXIF orientation ([`orientation`]); the reference does not (Pillow 13 does
 //!    turn TIFFs while loading them, which `apply_exif_orientation = false` does not reproduce);
 //! 3. resize so the shortest side is `shortest_edge` with Pillow 13's bicubic convolution, bit-exact
@@ -58,6 +59,44 @@ pub struct PreprocessConfig {
     /// Apply the EXIF orientation tag before resizing. The reference does not, so vectors stored by it
     /// were made from the image as stored; turn this off to reproduce them for rotated photos.
     pub apply_exif_orientation: bool,
+    /// What becomes of transparent pixels: the one step in which transformers 4.x and 5.x differ.
+    pub transparency: Transparency,
+}
+
+/// What becomes of transparency (an alpha channel, a PNG `tRNS` entry, a GIF transparent index) when the image
+/// is made RGB, before the resize. Images without transparency are the same either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Transparency {
+    /// transformers 4.x's `convert_to_rgb`, i.e. Pillow's `image.convert("RGB")`: the alpha channel is dropped
+    /// and the colour stored under a transparent pixel is kept (black, or whatever the exporter left there). What
+    /// sentence-transformers ran up to transformers 4.57, so what vectors stored before 5.x were made with. The
+    /// default.
+    #[default]
+    DropAlpha,
+    /// transformers 5.x's `convert_to_rgb` (5.23's `CLIPImageProcessorPil`): the image is composited onto opaque
+    /// white with Pillow's `Image.alpha_composite`, so transparent pixels become white and semi-transparent ones
+    /// are blended towards white, with Pillow's integer arithmetic (see `decode::onto_white`). For vectors made
+    /// with transformers 5.x: a transparent product photo's vector moves by 1 - cos ~0.1 between the two.
+    OntoWhite,
+}
+
+impl Transparency {
+    /// The spelling a setting uses: `drop` (transformers 4.x) or `white` (transformers 5.x).
+    pub fn name(self) -> &'static str {
+        match self {
+            Transparency::DropAlpha => "drop",
+            Transparency::OntoWhite => "white",
+        }
+    }
+
+    /// Parses [`name`](Self::name)'s spellings, and the eras they stand for (`4.x`, `5.x`).
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "drop" | "4.x" | "4" => Some(Transparency::DropAlpha),
+            "white" | "5.x" | "5" => Some(Transparency::OntoWhite),
+            _ => None,
+        }
+    }
 }
 
 impl PreprocessConfig {
@@ -75,6 +114,7 @@ impl PreprocessConfig {
             mean: OPENAI_CLIP_MEAN.map(|m| m as f32),
             std: OPENAI_CLIP_STD.map(|s| s as f32),
             apply_exif_orientation: true,
+            transparency: Transparency::DropAlpha,
         }
     }
 
@@ -129,7 +169,7 @@ pub fn preprocess_to_rgb8(
     cfg: &PreprocessConfig,
 ) -> Result<(Vec<u8>, DecodedInfo)> {
     validate(cfg)?;
-    let decoded = decode::decode_rgb8(bytes, limits)?;
+    let decoded = decode::decode_rgb8(bytes, limits, cfg.transparency)?;
     let info = decoded.info.clone();
     let image = if cfg.apply_exif_orientation {
         orientation::apply_exif_orientation(decoded.image, info.exif_orientation)
@@ -218,6 +258,32 @@ mod tests {
         assert_eq!(cfg.mean.map(f32::to_bits), [0x3ef6_813a, 0x3eea_685e, 0x3ed1_00ff]);
         assert_eq!(cfg.std.map(f32::to_bits), [0x3e89_89d0, 0x3e85_c974, 0x3e8d_32a8]);
         assert_eq!(cfg.tensor_len(), 3 * 224 * 224);
+    }
+
+    #[test]
+    fn transparency_names_round_trip_and_default_to_dropping_alpha() {
+        assert_eq!(PreprocessConfig::clip_vit_b32().transparency, Transparency::DropAlpha);
+        assert_eq!(Transparency::default(), Transparency::DropAlpha);
+        for t in [Transparency::DropAlpha, Transparency::OntoWhite] {
+            assert_eq!(Transparency::from_name(t.name()), Some(t));
+        }
+        assert_eq!(Transparency::from_name(" 5.x "), Some(Transparency::OntoWhite));
+        assert_eq!(Transparency::from_name("4.x"), Some(Transparency::DropAlpha));
+        assert_eq!(Transparency::from_name("black"), None);
+    }
+
+    #[test]
+    fn transparent_pixels_are_kept_or_made_white() {
+        // A 2x2 RGBA PNG, fully transparent red: 4.x keeps the red, 5.x sees white.
+        let img = ::image::RgbaImage::from_pixel(2, 2, ::image::Rgba([200, 0, 0, 0]));
+        let mut png = Cursor::new(Vec::new());
+        DynamicImage::ImageRgba8(img).write_to(&mut png, ImageFormat::Png).unwrap();
+        let cfg = PreprocessConfig::clip_vit_b32();
+        let (dropped, _) = preprocess_to_rgb8(png.get_ref(), &LIMITS, &cfg).unwrap();
+        let white = PreprocessConfig { transparency: Transparency::OntoWhite, ..cfg };
+        let (composited, _) = preprocess_to_rgb8(png.get_ref(), &LIMITS, &white).unwrap();
+        assert_eq!(&dropped[..3], &[200, 0, 0]);
+        assert!(composited.iter().all(|&v| v == 255));
     }
 
     #[test]

@@ -1,6 +1,6 @@
-//! The towers (image, text): one ONNX Runtime session each per backend, created on first use and kept
-//! for the life of the backend. All session code lives here, so that a later step (shared, pre-packed
-//! weights) changes one place.
+//! The towers (image, CLIP text, multilingual text): one ONNX Runtime session each per backend, created on
+//! first use and kept for the life of the backend. All session code lives here, so that a later step (shared,
+//! pre-packed weights) changes one place.
 
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
@@ -25,7 +25,8 @@ pub struct EncoderKey {
     pub sharing: WeightSharing,
 }
 
-/// Which image graph: the exported fp32 one (default; reproduces stored vectors) or the int8 one.
+/// Which graph of a tower: the exported fp32 one (default; reproduces stored vectors) or the int8 one (the image
+/// tower's, the multilingual text tower's).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Precision {
     Fp32,
@@ -39,6 +40,8 @@ pub enum TowerKind {
     Image,
     /// int64 token ids [batch, context] -> [batch, dim]
     Text,
+    /// int64 token ids and attention mask [batch, sequence] -> [batch, dim] (clip-ViT-B-32-multilingual-v1)
+    Multilingual,
 }
 
 pub struct Tower {
@@ -47,9 +50,10 @@ pub struct Tower {
     pub key: EncoderKey,
     pub model: ModelDir,
     pub load_time: Duration,
-    input_name: String,
+    /// The graph's inputs in the order the tower feeds them: pixels; token ids; token ids and attention mask.
+    input_names: Vec<String>,
     output_name: String,
-    /// Elements of one input item: 3*crop*crop pixels, or the context length in tokens.
+    /// Elements of one input item: 3*crop*crop pixels, or the context length (most ids) in tokens.
     item_len: usize,
     item_shape: Vec<i64>,
     /// The text graph accepts any sequence length (model/export.py revision 2): run only the tokens up to
@@ -127,10 +131,11 @@ impl Tower {
     ) -> Result<(Tower, LoadReport)> {
         let started = Instant::now();
         let manifest = &model.manifest;
-        let (onnx, input_name, output_name, item_shape) = match (kind, precision) {
+        let single = |name: &String| vec![name.clone()];
+        let (onnx, input_names, output_name, item_shape) = match (kind, precision) {
             (TowerKind::Image, Precision::Fp32) => {
                 let crop = manifest.image.preprocess.crop_size as i64;
-                (&manifest.image.onnx, &manifest.image.input, &manifest.image.output, vec![3, crop, crop])
+                (&manifest.image.onnx, single(&manifest.image.input), &manifest.image.output, vec![3, crop, crop])
             }
             (TowerKind::Image, Precision::Int8) => {
                 let crop = manifest.image.preprocess.crop_size as i64;
@@ -141,7 +146,7 @@ impl Tower {
                          but pg_clip.image_precision is int8",
                     )
                 })?;
-                (&int8.onnx, &int8.input, &int8.output, vec![3, crop, crop])
+                (&int8.onnx, single(&int8.input), &int8.output, vec![3, crop, crop])
             }
             (TowerKind::Text, _) => {
                 let text = manifest.text.as_ref().ok_or_else(|| {
@@ -150,7 +155,22 @@ impl Tower {
                         "it has no text tower (export it with model/export.py --towers image,text)",
                     )
                 })?;
-                (&text.onnx, &text.input, &text.output, vec![text.context_length as i64])
+                (&text.onnx, single(&text.input), &text.output, vec![text.context_length as i64])
+            }
+            (TowerKind::Multilingual, _) => {
+                let tower =
+                    manifest.text_multilingual.as_ref().ok_or_else(|| super::text::missing_tower(&model, false))?;
+                let item_shape = vec![tower.max_seq_length as i64];
+                match precision {
+                    Precision::Fp32 => (&tower.onnx, tower.inputs.clone(), &tower.output, item_shape),
+                    Precision::Int8 => {
+                        let int8 = manifest
+                            .text_multilingual_int8
+                            .as_ref()
+                            .ok_or_else(|| super::text::missing_tower(&model, true))?;
+                        (&int8.onnx, int8.inputs.clone(), &int8.output, item_shape)
+                    }
+                }
             }
         };
         let onnx_path = model.file_path(onnx)?;
@@ -160,19 +180,13 @@ impl Tower {
         })?;
         let anonymous_before = anonymous_memory_kb();
         let slot = match sharing {
-            WeightSharing::Shared { cache_dir } => {
-                let tower_name = match precision {
-                    Precision::Int8 => "image-int8",
-                    Precision::Fp32 => kind.name(),
-                };
-                Some(PreparedSlot::new(
-                    cache_dir,
-                    &manifest.model_version,
-                    tower_name,
-                    &source_sha256,
-                    &runtime.version,
-                ))
-            }
+            WeightSharing::Shared { cache_dir } => Some(PreparedSlot::new(
+                cache_dir,
+                kind.weights_version(manifest),
+                kind.prepared_name(precision),
+                &source_sha256,
+                &runtime.version,
+            )),
             WeightSharing::Private => None,
         };
         // No prepared model yet: take the right to prepare it, or wait for the backend that has it. Before the
@@ -240,9 +254,13 @@ impl Tower {
         let embedding_dim = manifest.embedding_dim;
         let element = match kind {
             TowerKind::Image => ort::value::TensorElementType::Float32,
-            TowerKind::Text => ort::value::TensorElementType::Int64,
+            TowerKind::Text | TowerKind::Multilingual => ort::value::TensorElementType::Int64,
         };
-        check_outlet(&session, &what, true, input_name, element, &item_shape)?;
+        // The multilingual graph takes any sequence length (-1: not checked); the tokenizer bounds it.
+        let input_dims = if kind == TowerKind::Multilingual { vec![-1] } else { item_shape.clone() };
+        for input_name in &input_names {
+            check_outlet(&session, &what, true, input_name, element, &input_dims)?;
+        }
         check_outlet(
             &session,
             &what,
@@ -261,11 +279,11 @@ impl Tower {
                 precision,
                 sharing: sharing.clone(),
             },
-            input_name: input_name.clone(),
+            dynamic_sequence: kind == TowerKind::Text && has_dynamic_axis(&session, &input_names[0], 1),
+            input_names,
             output_name: output_name.clone(),
             item_len: item_shape.iter().product::<i64>() as usize,
             item_shape,
-            dynamic_sequence: kind == TowerKind::Text && has_dynamic_axis(&session, input_name, 1),
             embedding_dim,
             model,
             session,
@@ -289,20 +307,40 @@ impl Tower {
         self.run(pixels, batch)
     }
 
-    /// Runs the text tower on `batch` token-id rows of the context length.
-    /// Runs the text tower on one row of token ids of the context length (as `clip.tokenize` makes them).
-    /// With a dynamic sequence axis only the ids up to the first <|endoftext|> run: the encoder is causal and
-    /// pools at that token, so the padding after it cannot change the embedding, and a 4-token query then
-    /// costs about a twentieth of the full context.
+    /// Runs a text tower on one text's ids, as the tokenizer gives them (`TextTokenizer::ids`).
+    ///
+    /// CLIP: the ids up to the first <|endoftext|>. With a dynamic sequence axis only those run: the encoder is
+    /// causal and pools at that token, so the padding after it cannot change the embedding, and a 4-token query
+    /// then costs about a twentieth of the full context. Older exports fix the axis at the context length: the
+    /// row is padded with zeros, as `clip.tokenize` pads it.
+    ///
+    /// Multilingual: `[CLS] ... [SEP]`, unpadded, with an attention mask of ones (what sentence-transformers
+    /// feeds for a batch of one; padding a batch with mask 0 changes nothing, so one text needs none).
     pub fn embed_tokens(&mut self, ids: &[i64]) -> Result<Vec<f32>> {
-        let end = crate::tokenizer::END_OF_TEXT as i64;
-        let used = if self.dynamic_sequence {
-            ids.iter().position(|&id| id == end).map_or(ids.len(), |i| i + 1)
-        } else {
-            ids.len()
+        let mut rows = match self.kind {
+            TowerKind::Multilingual => {
+                if ids.is_empty() || ids.len() > self.item_len {
+                    return Err(PgClipError::runtime(
+                        "text inference",
+                        format!("{} token ids, the tower takes 1 to {}", ids.len(), self.item_len),
+                    ));
+                }
+                let shape = [1, ids.len() as i64];
+                let mask = vec![1i64; ids.len()];
+                self.execute(1, |names| {
+                    Ok(ort::inputs![
+                        names[0].clone() => TensorRef::from_array_view((shape, ids))?,
+                        names[1].clone() => TensorRef::from_array_view((shape, mask.as_slice()))?,
+                    ])
+                })?
+            }
+            _ if self.dynamic_sequence => self.run_shaped(ids, 1, &[ids.len() as i64])?,
+            _ => {
+                let mut padded = ids.to_vec();
+                padded.resize(self.item_len, 0);
+                self.run(&padded, 1)?
+            }
         };
-        let shape = vec![used as i64];
-        let mut rows = self.run_shaped(&ids[..used], 1, &shape)?;
         Ok(rows.pop().expect("one embedding per row"))
     }
 
@@ -328,13 +366,26 @@ impl Tower {
         }
         let mut shape = vec![batch as i64];
         shape.extend_from_slice(item_shape);
+        self.execute(batch, |names| Ok(ort::inputs![names[0].clone() => TensorRef::from_array_view((shape, items))?]))
+    }
+
+    /// One run: `inputs` makes the input values from the graph's input names (inside the panic guard, since
+    /// making a tensor can fail too); returns the `batch` output rows.
+    fn execute<'v>(
+        &mut self,
+        batch: usize,
+        inputs: impl FnOnce(
+            &[String],
+        )
+            -> ort::Result<Vec<(std::borrow::Cow<'static, str>, ort::session::SessionInputValue<'v>)>>,
+    ) -> Result<Vec<Vec<f32>>> {
+        let context = self.kind.inference_context();
         let dim = self.embedding_dim;
-        let input_name = self.input_name.as_str();
+        let input_names = self.input_names.as_slice();
         let output_name = self.output_name.as_str();
         let session = &mut self.session;
         let run = catch_unwind(AssertUnwindSafe(|| -> ort::Result<Vec<Vec<f32>>> {
-            let input = TensorRef::from_array_view((shape, items))?;
-            let outputs = session.run(ort::inputs![input_name => input])?;
+            let outputs = session.run(inputs(input_names)?)?;
             let (shape, values) = outputs
                 .get(output_name)
                 .ok_or_else(|| ort::Error::new(format!("no output named {output_name}")))?
@@ -356,19 +407,37 @@ impl TowerKind {
         match self {
             TowerKind::Image => "image",
             TowerKind::Text => "text",
+            TowerKind::Multilingual => "text-multilingual",
+        }
+    }
+
+    /// The prepared model's name within its directory name: the tower, and `-int8` for the int8 graph.
+    fn prepared_name(self, precision: Precision) -> &'static str {
+        match (self, precision) {
+            (TowerKind::Image, Precision::Int8) => "image-int8",
+            (TowerKind::Multilingual, Precision::Int8) => "text-multilingual-int8",
+            (kind, _) => kind.name(),
+        }
+    }
+
+    /// Which weights the tower has: the multilingual tower has its own provenance (manifest section).
+    fn weights_version(self, manifest: &super::manifest::Manifest) -> &str {
+        match (self, &manifest.text_multilingual) {
+            (TowerKind::Multilingual, Some(tower)) => &tower.model_version,
+            _ => &manifest.model_version,
         }
     }
 
     fn inference_context(self) -> &'static str {
         match self {
             TowerKind::Image => "image inference",
-            TowerKind::Text => "text inference",
+            TowerKind::Text | TowerKind::Multilingual => "text inference",
         }
     }
 }
 
 /// Checks one graph input or output: the name the manifest gives, its element type, a free batch axis,
-/// then `dims`.
+/// then `dims` (a negative expected dimension is not checked).
 fn check_outlet(
     session: &Session,
     what: &str,
@@ -387,12 +456,17 @@ fn check_outlet(
         ort::value::ValueType::Tensor { ty, shape, .. } => {
             *ty == element
                 && shape.len() == dims.len() + 1
-                && shape.iter().skip(1).zip(dims).all(|(actual, expected)| *actual == *expected || *actual < 0)
+                && shape
+                    .iter()
+                    .skip(1)
+                    .zip(dims)
+                    .all(|(actual, expected)| *actual == *expected || *actual < 0 || *expected < 0)
         }
         _ => false,
     };
     if !ok {
-        let expected = dims.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ");
+        let expected =
+            dims.iter().map(|d| if *d < 0 { "sequence".into() } else { d.to_string() }).collect::<Vec<_>>().join(", ");
         return Err(PgClipError::model_invalid(
             what,
             format!(

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use super::checksum::ChecksumMemo;
 use crate::error::{PgClipError, Result};
 use crate::image::PreprocessConfig;
+use crate::tokenizer::wordpiece::WordPieceSettings;
 
 pub const MANIFEST_FILE: &str = "manifest.json";
 const SUPPORTED_FORMAT_VERSION: u32 = 1;
@@ -36,6 +37,72 @@ pub struct Manifest {
     pub image_int8: Option<GraphIo>,
     #[serde(default)]
     pub text: Option<TextTower>,
+    /// The multilingual text tower (model/export.py --towers ...,multilingual); absent from older directories.
+    #[serde(default)]
+    pub text_multilingual: Option<MultilingualTower>,
+    /// Its int8 graph (--int8 with the multilingual tower).
+    #[serde(default)]
+    pub text_multilingual_int8: Option<MultilingualGraph>,
+}
+
+/// sentence-transformers clip-ViT-B-32-multilingual-v1's text encoder as one graph: int64 `input_ids` and
+/// `attention_mask` [batch, sequence] -> float32 [batch, embedding_dim], in the space of the image vectors,
+/// not normalised. Its weights have their own provenance (a checkpoint or a seed), recorded here.
+#[derive(Debug, Clone, Deserialize)]
+pub struct MultilingualTower {
+    /// Always "multilingual".
+    pub kind: String,
+    pub model_name: String,
+    /// Tells vectors of different multilingual weights apart (`clip-ViT-B-32-multilingual-v1[-random-seedN]`).
+    pub model_version: String,
+    pub random_weights: bool,
+    #[serde(default)]
+    pub seed: Option<i64>,
+    #[serde(default)]
+    pub source: Option<String>,
+    pub onnx: String,
+    /// The graph's inputs in order: `["input_ids", "attention_mask"]`.
+    pub inputs: Vec<String>,
+    pub output: String,
+    pub embedding_dim: usize,
+    /// Ids per text, `[CLS]` and `[SEP]` included (the tokenizer truncates to it).
+    pub max_seq_length: usize,
+    pub tokenizer: TokenizerSpec,
+}
+
+/// The multilingual tower's tokenizer: a file of the directory and the settings to build it with.
+#[derive(Debug, Clone, Deserialize)]
+pub struct TokenizerSpec {
+    /// Always "wordpiece".
+    pub kind: String,
+    /// `text-multilingual.vocab.txt` (a BERT vocab.txt) or `text-multilingual.tokenizer.json`.
+    pub file: String,
+    pub sha256: String,
+    pub do_lower_case: bool,
+    #[serde(default)]
+    pub strip_accents: Option<bool>,
+    pub tokenize_chinese_chars: bool,
+    pub max_length: usize,
+}
+
+impl TokenizerSpec {
+    /// The settings `WordPieceTokenizer::from_file` takes (it refuses the ones it cannot reproduce exactly).
+    pub fn settings(&self) -> WordPieceSettings {
+        WordPieceSettings {
+            do_lower_case: self.do_lower_case,
+            strip_accents: self.strip_accents,
+            tokenize_chinese_chars: self.tokenize_chinese_chars,
+            max_length: self.max_length,
+        }
+    }
+}
+
+/// A graph with several named inputs and one output (the multilingual tower's int8 graph).
+#[derive(Debug, Clone, Deserialize)]
+pub struct MultilingualGraph {
+    pub onnx: String,
+    pub inputs: Vec<String>,
+    pub output: String,
 }
 
 /// A graph file and the names of its input and output.
@@ -194,7 +261,59 @@ impl Manifest {
         if !manifest.files.contains_key(&manifest.image.onnx) {
             return Err(format!("image.onnx {:?} is not listed under \"files\"", manifest.image.onnx));
         }
+        if let Some(tower) = &manifest.text_multilingual {
+            manifest.check_multilingual(tower)?;
+        }
+        if let Some(int8) = &manifest.text_multilingual_int8 {
+            if manifest.text_multilingual.is_none() {
+                return Err("text_multilingual_int8 without text_multilingual".into());
+            }
+            manifest.check_graph("text_multilingual_int8", &int8.onnx, &int8.inputs)?;
+        }
         Ok(manifest)
+    }
+
+    fn check_multilingual(&self, tower: &MultilingualTower) -> std::result::Result<(), String> {
+        const WHAT: &str = "text_multilingual";
+        if tower.kind != "multilingual" {
+            return Err(format!("{WHAT}.kind is {:?}, expected \"multilingual\"", tower.kind));
+        }
+        self.check_graph(WHAT, &tower.onnx, &tower.inputs)?;
+        if tower.embedding_dim != self.embedding_dim {
+            return Err(format!(
+                "{WHAT}.embedding_dim {} differs from the image vectors' {}: the towers must share one space",
+                tower.embedding_dim, self.embedding_dim
+            ));
+        }
+        let tokenizer = &tower.tokenizer;
+        if tokenizer.kind != "wordpiece" {
+            return Err(format!("{WHAT}.tokenizer.kind {:?} is not supported (only \"wordpiece\")", tokenizer.kind));
+        }
+        // 512: the DistilBERT position table; [CLS] and [SEP] need two.
+        if !(2..=512).contains(&tower.max_seq_length) || tokenizer.max_length != tower.max_seq_length {
+            return Err(format!(
+                "{WHAT}.max_seq_length {} / tokenizer.max_length {} must be equal and within 2..=512",
+                tower.max_seq_length, tokenizer.max_length
+            ));
+        }
+        match self.files.get(&tokenizer.file) {
+            None => Err(format!("{WHAT}.tokenizer.file {:?} is not listed under \"files\"", tokenizer.file)),
+            Some(entry) if !entry.sha256.eq_ignore_ascii_case(&tokenizer.sha256) => {
+                Err(format!("{WHAT}.tokenizer.sha256 differs from the one \"files\" lists for {}", tokenizer.file))
+            }
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// A graph of several inputs: listed under "files", and fed input_ids and attention_mask in that order.
+    fn check_graph(&self, what: &str, onnx: &str, inputs: &[String]) -> std::result::Result<(), String> {
+        if !self.files.contains_key(onnx) {
+            return Err(format!("{what}.onnx {onnx:?} is not listed under \"files\""));
+        }
+        if inputs != ["input_ids", "attention_mask"] {
+            return Err(format!("{what}.inputs {inputs:?}, expected [\"input_ids\", \"attention_mask\"]"));
+        }
+        Ok(())
     }
 
     pub fn preprocess_config(&self) -> PreprocessConfig {
@@ -206,6 +325,7 @@ impl Manifest {
             mean: p.mean,
             std: p.std,
             apply_exif_orientation: true,
+            transparency: crate::image::Transparency::DropAlpha,
         }
     }
 }
@@ -266,6 +386,60 @@ mod tests {
         assert!(dir.file_path("../etc/passwd").is_err());
         assert!(dir.file_path("/etc/passwd").is_err());
         assert_eq!(dir.file_path("image.onnx").unwrap(), PathBuf::from("/m/image.onnx"));
+    }
+
+    /// The manifest export.py writes with --towers image,text,multilingual --int8 (abridged).
+    fn multilingual_sample() -> String {
+        sample().replacen(
+            r#""files":{"image.onnx":{"sha256":"00","bytes":1}},"#,
+            r#""files":{"image.onnx":{"sha256":"00","bytes":1},"text-multilingual.onnx":{"sha256":"01","bytes":1},
+               "text-multilingual.onnx.data":{"sha256":"02","bytes":1},
+               "text-multilingual.int8.onnx":{"sha256":"03","bytes":1},
+               "text-multilingual.vocab.txt":{"sha256":"fe0f","bytes":1}},
+              "text_multilingual":{"kind":"multilingual","model_name":"clip-ViT-B-32-multilingual-v1",
+               "model_version":"clip-ViT-B-32-multilingual-v1-random-seed42","architecture":"...",
+               "random_weights":true,"seed":42,"source":"seeded random init","source_sha256":null,
+               "onnx":"text-multilingual.onnx","inputs":["input_ids","attention_mask"],"output":"text_embeds",
+               "embedding_dim":512,"max_seq_length":128,"pooling":"mean","normalized":false,
+               "tokenizer":{"kind":"wordpiece","file":"text-multilingual.vocab.txt","sha256":"FE0F",
+                 "do_lower_case":false,"strip_accents":null,"tokenize_chinese_chars":true,"max_length":128}},
+              "text_multilingual_int8":{"onnx":"text-multilingual.int8.onnx","inputs":["input_ids","attention_mask"],
+               "output":"text_embeds","quantization":{},"fidelity":{}},"#,
+            1,
+        )
+    }
+
+    #[test]
+    fn parses_the_multilingual_tower() {
+        let m = Manifest::parse(&multilingual_sample()).unwrap();
+        let tower = m.text_multilingual.as_ref().unwrap();
+        assert_eq!(tower.inputs, ["input_ids", "attention_mask"]);
+        assert_eq!((tower.output.as_str(), tower.max_seq_length, tower.random_weights), ("text_embeds", 128, true));
+        assert_eq!(tower.model_version, "clip-ViT-B-32-multilingual-v1-random-seed42");
+        assert_eq!(tower.tokenizer.settings(), WordPieceSettings::multilingual_cased());
+        assert_eq!(m.text_multilingual_int8.unwrap().onnx, "text-multilingual.int8.onnx");
+        // Older directories have neither section.
+        let old = Manifest::parse(&sample()).unwrap();
+        assert!(old.text_multilingual.is_none() && old.text_multilingual_int8.is_none());
+    }
+
+    #[test]
+    fn rejects_inconsistent_multilingual_sections() {
+        let bad = |from: &str, to: &str| {
+            let s = multilingual_sample();
+            assert!(s.contains(from), "{from}");
+            Manifest::parse(&s.replacen(from, to, 1)).unwrap_err()
+        };
+        assert!(bad(r#""onnx":"text-multilingual.onnx""#, r#""onnx":"other.onnx""#).contains("not listed"));
+        assert!(bad(r#""inputs":["input_ids","attention_mask"]"#, r#""inputs":["input_ids"]"#).contains("inputs"));
+        assert!(bad(r#""sha256":"FE0F""#, r#""sha256":"abcd""#).contains("tokenizer.sha256"));
+        assert!(bad(r#""file":"text-multilingual.vocab.txt""#, r#""file":"vocab.txt""#).contains("not listed"));
+        assert!(bad(r#""max_seq_length":128"#, r#""max_seq_length":1024"#).contains("max_seq_length"));
+        assert!(bad(r#""kind":"wordpiece""#, r#""kind":"bpe""#).contains("wordpiece"));
+        assert!(bad(r#""kind":"multilingual""#, r#""kind":"clip""#).contains("kind"));
+        assert!(bad(r#""embedding_dim":512,"max_seq_length""#, r#""embedding_dim":768,"max_seq_length""#)
+            .contains("one space"));
+        assert!(bad(r#""text_multilingual":{"kind""#, r#""other":{"kind""#).contains("without text_multilingual"));
     }
 
     #[test]

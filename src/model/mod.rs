@@ -7,6 +7,7 @@ pub mod encoder;
 pub mod manifest;
 pub mod prepared;
 pub mod runtime;
+pub mod text;
 
 use once_cell::sync::Lazy;
 use std::hash::{Hash, Hasher};
@@ -15,11 +16,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::error::Result;
-use crate::image::{self, ImageLimits};
-use crate::tokenizer::ClipTokenizer;
+use crate::image::{self, ImageLimits, PreprocessConfig, Transparency};
 use cache::EmbeddingCache;
 use encoder::{ImageEncoder, LoadReport, Precision, Tower, TowerKind, WeightSharing};
-use manifest::ModelDir;
+use manifest::{Manifest, ModelDir};
+pub use text::TextModel;
+use text::{LoadedTokenizer, TextTokenizer};
 
 /// Everything an embedding (image or text) depends on besides the input, as read from the settings.
 #[derive(Debug, Clone)]
@@ -36,6 +38,12 @@ pub struct EmbedRequest {
     /// Called while a load waits for another backend's preparation of the same model; may unwind (the SQL
     /// layer passes CHECK_FOR_INTERRUPTS, so query cancel, statement_timeout and SIGTERM end the wait).
     pub poll_interrupts: fn(),
+    /// The text encoder clip_embed_text runs (pg_clip.text_model).
+    pub text_model: TextModel,
+    /// The multilingual tower's graph (pg_clip.text_precision); see `text_precision`.
+    pub text_precision: Precision,
+    /// What becomes of transparent pixels (pg_clip.image_transparency).
+    pub transparency: Transparency,
 }
 
 impl EmbedRequest {
@@ -45,6 +53,24 @@ impl EmbedRequest {
             && tower.key.intra_op_threads == self.intra_op_threads
             && tower.key.precision == precision
             && tower.key.sharing == self.sharing
+    }
+
+    /// The precision of the text tower in force: the multilingual tower follows pg_clip.text_precision; the CLIP
+    /// text tower has only an fp32 graph (model/export.py makes no other), whatever the setting says.
+    pub fn text_tower_precision(&self) -> Precision {
+        match self.text_model {
+            TextModel::Clip => Precision::Fp32,
+            TextModel::Multilingual => self.text_precision,
+        }
+    }
+
+    /// The image preprocessing: the manifest's constants with this request's EXIF and transparency settings.
+    pub fn preprocess_config(&self, manifest: &Manifest) -> PreprocessConfig {
+        PreprocessConfig {
+            apply_exif_orientation: self.exif_orientation,
+            transparency: self.transparency,
+            ..manifest.preprocess_config()
+        }
     }
 }
 
@@ -57,18 +83,30 @@ pub struct Stats {
     pub inference_time: Duration,
 }
 
+/// One text encoder of this backend: its tokenizer (which clip_text_tokens loads alone) and its tower (loaded by
+/// the first text embedding that needs it). Both encoders may be loaded at once, so a session that switches
+/// pg_clip.text_model back and forth loads each once.
+#[derive(Default)]
+struct TextEncoder {
+    tokenizer: Option<LoadedTokenizer>,
+    tower: Option<Tower>,
+    load: LoadReport,
+}
+
 pub(crate) struct BackendState {
     encoder: Option<ImageEncoder>,
     image_load: LoadReport,
-    /// The text tower and its tokenizer: loaded only when text is first embedded.
-    text: Option<(Tower, ClipTokenizer)>,
-    text_load: LoadReport,
+    /// The CLIP text tower (pg_clip.text_model = clip).
+    clip_text: TextEncoder,
+    /// The multilingual text tower (pg_clip.text_model = multilingual).
+    multilingual: TextEncoder,
     loaded_at: Option<SystemTime>,
     cache: EmbeddingCache,
     pub(crate) stats: Stats,
     pending_warning: Option<String>,
-    /// The model directory whose random weights this backend already warned about (once is enough).
-    warned_random: Option<PathBuf>,
+    /// The weights (model directory, model_version) whose randomness this backend already warned about: once
+    /// each is enough. The multilingual tower has weights of its own, so it is warned about separately.
+    warned_random: Vec<(PathBuf, String)>,
 }
 
 /// The backend's model state. Postgres runs one query at a time per backend, so the lock is never
@@ -77,13 +115,13 @@ static STATE: Lazy<Mutex<BackendState>> = Lazy::new(|| {
     Mutex::new(BackendState {
         encoder: None,
         image_load: LoadReport::default(),
-        text: None,
-        text_load: LoadReport::default(),
+        clip_text: TextEncoder::default(),
+        multilingual: TextEncoder::default(),
         loaded_at: None,
         cache: EmbeddingCache::new(0),
         stats: Stats::default(),
         pending_warning: None,
-        warned_random: None,
+        warned_random: Vec::new(),
     })
 });
 
@@ -93,10 +131,27 @@ pub(crate) fn state() -> MutexGuard<'static, BackendState> {
 }
 
 impl BackendState {
+    /// Says once per set of weights that they are random; the multilingual tower's flag is its own section's.
     fn warn_if_random(&mut self, tower: &Tower) {
-        if tower.model.manifest.random_weights && self.warned_random.as_ref() != Some(&tower.model.dir) {
-            self.pending_warning = Some(random_weights_warning(tower));
-            self.warned_random = Some(tower.model.dir.clone());
+        let manifest = &tower.model.manifest;
+        let (random, version) = match (tower.kind, &manifest.text_multilingual) {
+            (TowerKind::Multilingual, Some(section)) => (section.random_weights, &section.model_version),
+            _ => (manifest.random_weights, &manifest.model_version),
+        };
+        let key = (tower.model.dir.clone(), version.clone());
+        if random && !self.warned_random.contains(&key) {
+            self.pending_warning = Some(random_weights_warning(version));
+            self.warned_random.push(key);
+        }
+    }
+
+    /// A shared load that fell back to a private session is said out loud: it costs this backend hundreds of MB.
+    fn warn_if_fallback(&mut self, report: &LoadReport) {
+        if let (Some(note), "private (fallback)") = (&report.note, report.mode) {
+            self.pending_warning = Some(format!(
+                "pg_clip: could not share the model's weights with other backends, so this backend holds its own \
+                 copy: {note}"
+            ));
         }
     }
 
@@ -120,12 +175,7 @@ impl BackendState {
                 &mut poll_interrupts,
             )?;
             self.warn_if_random(&encoder);
-            if let (Some(note), "private (fallback)") = (&report.note, report.mode) {
-                self.pending_warning = Some(format!(
-                    "pg_clip: could not share the model's weights with other backends, so this backend holds its \
-                     own copy: {note}"
-                ));
-            }
+            self.warn_if_fallback(&report);
             self.encoder = Some(encoder);
             self.image_load = report;
             self.loaded_at = Some(SystemTime::now());
@@ -133,60 +183,101 @@ impl BackendState {
         Ok(self.encoder.as_mut().expect("encoder was just set"))
     }
 
-    /// The text tower and tokenizer for `request`, loaded on first use like the image tower.
-    fn text_encoder(&mut self, request: &EmbedRequest) -> Result<&mut (Tower, ClipTokenizer)> {
-        let current = self.text.as_ref().is_some_and(|(t, _)| request.wants(t, Precision::Fp32));
-        if !current {
-            self.text = None;
-            self.cache.clear();
+    fn text_slot(&mut self, model: TextModel) -> &mut TextEncoder {
+        match model {
+            TextModel::Clip => &mut self.clip_text,
+            TextModel::Multilingual => &mut self.multilingual,
+        }
+    }
+
+    /// The tokenizer of the text encoder in force, loaded alone if need be (clip_text_tokens loads no tower).
+    fn text_tokenizer(&mut self, request: &EmbedRequest) -> Result<&TextTokenizer> {
+        let slot = self.text_slot(request.text_model);
+        if slot.tokenizer.as_ref().is_none_or(|t| t.model_dir != request.model_dir) {
+            slot.tokenizer = None;
             let model = ModelDir::open(&request.model_dir)?;
-            let vocab = model.manifest.text.as_ref().and_then(|t| t.bpe_vocab.clone()).ok_or_else(|| {
-                crate::error::PgClipError::model_invalid(
-                    format!("model {}", model.dir.display()),
-                    "its manifest names no text tower with a bpe_vocab file",
-                )
-            })?;
-            model.verify_file(&vocab, &checksum::ChecksumMemo::default())?;
-            let tokenizer = ClipTokenizer::from_path(&model.file_path(&vocab)?)?;
+            slot.tokenizer = Some(TextTokenizer::load(&model, request.text_model)?);
+            release_freed_heap();
+        }
+        Ok(&slot.tokenizer.as_ref().expect("tokenizer was just set").tokenizer)
+    }
+
+    /// The text encoder in force (tower and tokenizer), loaded on first use like the image tower, or replaced
+    /// when the model directory, thread count, precision or sharing changed since. The other encoder stays.
+    fn text_encoder(&mut self, request: &EmbedRequest) -> Result<&mut TextEncoder> {
+        let precision = request.text_tower_precision();
+        let current = self.text_slot(request.text_model).tower.as_ref().is_some_and(|t| request.wants(t, precision));
+        if !current {
+            self.text_slot(request.text_model).tower = None;
+            let model = ModelDir::open(&request.model_dir)?;
+            // Read from the same manifest as the tower, unless the one loaded is that very file.
+            let tokenizer = match self.text_slot(request.text_model).tokenizer.take() {
+                Some(loaded) if text_tokenizer_is(&loaded, &model, request.text_model) => loaded,
+                _ => {
+                    let loaded = TextTokenizer::load(&model, request.text_model)?;
+                    release_freed_heap();
+                    loaded
+                }
+            };
             let runtime = runtime::runtime(&request.runtime_path)?;
             let mut poll_interrupts = request.poll_interrupts;
             let (tower, report) = Tower::load(
                 runtime,
                 model,
-                TowerKind::Text,
-                Precision::Fp32,
+                request.text_model.tower_kind(),
+                precision,
                 request.intra_op_threads,
                 &request.sharing,
                 &mut poll_interrupts,
             )?;
             self.warn_if_random(&tower);
-            self.text = Some((tower, tokenizer));
-            self.text_load = report;
+            self.warn_if_fallback(&report);
+            *self.text_slot(request.text_model) =
+                TextEncoder { tokenizer: Some(tokenizer), tower: Some(tower), load: report };
         }
-        Ok(self.text.as_mut().expect("text tower was just set"))
+        Ok(self.text_slot(request.text_model))
     }
 }
 
-/// Embeds one text: CLIP BPE tokens (truncated to the context length, as OpenAI's clip.tokenize does),
-/// the text tower, L2-normalised. Repeated texts come from the cache.
+/// Gives the heap pages freed by a load back to the system. Building a tokenizer reads its vocabulary into
+/// temporary maps several times the size of what it keeps (12 MB for the multilingual one); without this they
+/// would stay resident in every backend that tokenized once, as private memory.
+fn release_freed_heap() {
+    // SAFETY: malloc_trim only releases free heap memory; it takes no pointers.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Whether `loaded` is the tokenizer file `model`'s manifest names for `text_model` (same directory, same SHA-256).
+fn text_tokenizer_is(loaded: &LoadedTokenizer, model: &ModelDir, text_model: TextModel) -> bool {
+    let manifest = &model.manifest;
+    let file = match text_model {
+        TextModel::Clip => manifest.text.as_ref().and_then(|t| t.bpe_vocab.clone()),
+        TextModel::Multilingual => manifest.text_multilingual.as_ref().map(|t| t.tokenizer.file.clone()),
+    };
+    loaded.model_dir == model.dir
+        && file.and_then(|f| manifest.files.get(&f)).is_some_and(|entry| entry.sha256 == loaded.sha256)
+}
+
+/// The ids the text encoder in force sees for `text` (clip_text_tokens): the same checks as `embed_text`, then
+/// the tokenizer alone; no tower is loaded.
+pub fn text_tokens(text: &str, request: &EmbedRequest) -> Result<Vec<i64>> {
+    text::check_text(text, request.max_text_bytes)?;
+    state().text_tokenizer(request)?.ids(text)
+}
+
+/// Embeds one text with the encoder in force (pg_clip.text_model): its tokens (truncated to its context), its
+/// tower, L2-normalised. Repeated texts come from the cache.
 pub fn embed_text(text: &str, request: &EmbedRequest) -> Result<Arc<[f32]>> {
-    if text.trim().is_empty() {
-        return Err(crate::error::PgClipError::EmptyInput { what: "text" });
-    }
-    if text.len() > request.max_text_bytes {
-        return Err(crate::error::PgClipError::LimitExceeded {
-            what: "text size",
-            actual: text.len() as u64,
-            limit: request.max_text_bytes as u64,
-            setting: "pg_clip.max_text_bytes",
-        });
-    }
+    text::check_text(text, request.max_text_bytes)?;
     let mut state = state();
     state.cache.set_capacity(request.cache_size);
-    let (tower, _) = state.text_encoder(request)?;
     let context = {
+        let tower = state.text_encoder(request)?.tower.as_ref().expect("text tower loaded above");
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         "text".hash(&mut hasher);
+        request.text_model.hash(&mut hasher);
         tower.key.model_dir.hash(&mut hasher);
         tower.key.onnx_sha256.hash(&mut hasher);
         hasher.finish()
@@ -196,8 +287,11 @@ pub fn embed_text(text: &str, request: &EmbedRequest) -> Result<Arc<[f32]>> {
         return Ok(hit);
     }
     let started = Instant::now();
-    let (tower, tokenizer) = state.text.as_mut().expect("text tower loaded above");
-    let ids = tokenizer.tokenize(text, tower.tensor_len());
+    let slot = state.text_slot(request.text_model);
+    let (Some(tower), Some(tokenizer)) = (slot.tower.as_mut(), slot.tokenizer.as_ref()) else {
+        unreachable!("text_encoder loads both")
+    };
+    let ids = tokenizer.tokenizer.ids(text)?;
     let mut embedding = tower.embed_tokens(&ids)?;
     crate::pgvector::l2_normalize(&mut embedding);
     let embedding: Arc<[f32]> = Arc::from(embedding);
@@ -213,11 +307,7 @@ pub fn embed_image(bytes: &[u8], request: &EmbedRequest) -> Result<Arc<[f32]>> {
     state.cache.set_capacity(request.cache_size);
     let encoder = state.encoder(request)?;
     let context = cache_context(encoder, request);
-    let preprocess = {
-        let mut config = encoder.model.manifest.preprocess_config();
-        config.apply_exif_orientation = request.exif_orientation;
-        config
-    };
+    let preprocess = request.preprocess_config(&encoder.model.manifest);
     let tensor_len = encoder.tensor_len();
 
     if let Some(hit) = state.cache.get(context, bytes) {
@@ -253,6 +343,7 @@ fn cache_context(encoder: &ImageEncoder, request: &EmbedRequest) -> u64 {
     encoder.key.model_dir.hash(&mut hasher);
     encoder.key.onnx_sha256.hash(&mut hasher);
     request.exif_orientation.hash(&mut hasher);
+    request.transparency.hash(&mut hasher);
     request.limits.max_pixels.hash(&mut hasher);
     hasher.finish()
 }
@@ -273,10 +364,19 @@ pub struct ModelInfo {
     pub onnxruntime_path: PathBuf,
     pub onnxruntime_version: Option<String>,
     pub intra_op_threads: usize,
+    /// The CLIP text tower is loaded in this backend.
     pub text_loaded: bool,
     pub image_load: LoadReport,
-    pub text_load: LoadReport,
     pub stats: Stats,
+    /// The text encoder in force, whether its weights are random (None when the model directory has no such
+    /// tower), and the precision of its graph.
+    pub text_model: TextModel,
+    pub text_random_weights: Option<bool>,
+    pub text_precision: Precision,
+    /// This backend has the text encoder in force loaded, as the settings now ask for it.
+    pub text_model_loaded: bool,
+    /// How the text tower in force was loaded, when it is.
+    pub text_load: LoadReport,
 }
 
 /// Describes the model in force for `request` without loading it: reads only the manifest. When this
@@ -293,6 +393,15 @@ pub fn model_info(request: &EmbedRequest) -> Result<ModelInfo> {
     };
     let manifest = &model.manifest;
     let runtime = runtime::loaded_runtime();
+    let text_random_weights = match request.text_model {
+        TextModel::Clip => manifest.text.as_ref().map(|_| manifest.random_weights),
+        TextModel::Multilingual => manifest.text_multilingual.as_ref().map(|t| t.random_weights),
+    };
+    let text_slot = match request.text_model {
+        TextModel::Clip => &state.clip_text,
+        TextModel::Multilingual => &state.multilingual,
+    };
+    let text_model_loaded = text_slot.tower.as_ref().is_some_and(|t| request.wants(t, request.text_tower_precision()));
     Ok(ModelInfo {
         model_dir: model.dir.clone(),
         model_name: manifest.model_name.clone(),
@@ -307,21 +416,26 @@ pub fn model_info(request: &EmbedRequest) -> Result<ModelInfo> {
         onnxruntime_path: runtime.map(|r| r.library_path.clone()).unwrap_or_else(|| request.runtime_path.clone()),
         onnxruntime_version: runtime.map(|r| r.version.clone()),
         intra_op_threads: request.intra_op_threads,
-        text_loaded: state.text.is_some(),
+        text_loaded: state.clip_text.tower.is_some(),
         image_load: if loaded.is_some() { state.image_load.clone() } else { LoadReport::default() },
-        text_load: if state.text.is_some() { state.text_load.clone() } else { LoadReport::default() },
         stats: state.stats.clone(),
+        text_model: request.text_model,
+        text_random_weights,
+        text_precision: request.text_tower_precision(),
+        text_model_loaded,
+        text_load: if text_model_loaded { text_slot.load.clone() } else { LoadReport::default() },
     })
 }
 
 /// Drops this backend's session and cache (clip_unload_model()); the next call loads again.
 pub fn unload() -> bool {
     crate::backfill::url_batch::reset();
-    let mut state = state();
+    let mut guard = state();
+    let state = &mut *guard;
     state.cache.clear();
     state.loaded_at = None;
-    let had_text = state.text.take().is_some();
-    state.encoder.take().is_some() || had_text
+    let had_text = [&mut state.clip_text, &mut state.multilingual].map(|slot| std::mem::take(slot).tower.is_some());
+    state.encoder.take().is_some() || had_text.contains(&true)
 }
 
 /// A message the SQL layer should show once (as a WARNING), e.g. that the model just loaded has random weights.
@@ -330,10 +444,9 @@ pub fn take_pending_warning() -> Option<String> {
 }
 
 /// A loaded random-weight model is said out loud, once per load, so nobody mistakes its vectors for real ones.
-fn random_weights_warning(encoder: &ImageEncoder) -> String {
+fn random_weights_warning(model_version: &str) -> String {
     format!(
-        "pg_clip: model {:?} has RANDOM weights: its vectors have the real model's shape and cost but are \
-         meaningless for search",
-        encoder.model.manifest.model_version
+        "pg_clip: model {model_version:?} has RANDOM weights: its vectors have the real model's shape and cost but \
+         are meaningless for search"
     )
 }

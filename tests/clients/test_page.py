@@ -4,10 +4,10 @@ itself, a real PostgreSQL with pg_clip, and photos served over HTTP by tests/htt
 scripts/test.sh after the other client tests.
 
 It uploads a catalogue photo and finds that photo's product first; pages with "Show more"; "More like this"
-finds the product itself first at distance 0; searches by words; shows the readable sentence for a file that is
-not an image, an unsupported format, a picture with too many pixels, an upload over the application's limit
-(refused before the database) and a database that cannot be reached; drops and pastes a photo; reaches the
-results with the keyboard alone; stays readable at a phone's width. Screenshots go to target/page-screenshots/.
+finds the product itself first at distance 0; searches by words, English and Russian; shows the readable sentence
+for a file that is not an image, an unsupported format, a picture with too many pixels, an upload over the
+application's limit (refused before the database) and a database that cannot be reached; drops and pastes a photo;
+reaches the results with the keyboard alone; stays readable at a phone's width. Screenshots go to target/page-screenshots/.
 
 usage: test_page.py DSN INPUTS_DIR   (INPUTS_DIR: made by tests/pg_regress/make_inputs.py and served by the image
                                       host at $PG_CLIP_TEST_HTTP, default http://127.0.0.1:28836, under /img/)
@@ -329,6 +329,23 @@ try:
     check("the text query is in the address (a link to it searches again)", "q=a%20cup%20of%20coffee" in driver.current_url,
           driver.current_url)
     shot("04-text-search")
+    # Russian words: the words box says it takes them (the application chose the multilingual encoder, which the
+    # test model has), and they search as they are.
+    hint = driver.find_element(By.ID, "words-hint").text
+    check("the words box does not say English only", "Russian" in hint and "English only" not in hint, hint)
+    words.clear()
+    words.send_keys("красный рюкзак")
+    ok = after_search(lambda: words.send_keys(Keys.ENTER))
+    found = results()
+    check("a Russian text query returns results", ok and not error_text() and len(found) == PAGE_SIZE,
+          (error_text(), found))
+    check("the Russian words are in the address and on the page",
+          "q=%D0%BA%D1%80%D0%B0%D1%81%D0%BD%D1%8B%D0%B9" in driver.current_url
+          and "красный рюкзак" in driver.find_element(By.ID, "query-text").text,
+          (driver.current_url, driver.find_element(By.ID, "query-text").text))
+    shot("04b-text-search-russian")
+    ok = after_search(lambda: driver.back())
+    check("Back returns to the English words", ok and "q=a%20cup%20of%20coffee" in driver.current_url, driver.current_url)
     ok = after_search(lambda: driver.back())
     check("Back returns to the previous search", ok and results() and results()[0]["product"] == third["product"])
 

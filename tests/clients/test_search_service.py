@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -55,6 +56,16 @@ try:
 
     status, answer = call("/api/search-by-text?q=an+astronaut+in+a+white+suit")
     check("text search answers 200 with every product", status == 200 and len(answer.get("results", [])) == len(photos), answer)
+
+    # Words in Russian: with --text-model auto (the default) the application's connections use the multilingual
+    # encoder, which the test model has. The words go to the database as they are (UTF-8, percent-encoded here).
+    status, info = call("/api/info")
+    check("the application chose the multilingual text encoder", status == 200 and info.get("text_model") == "multilingual", info)
+    status, answer = call("/api/search-by-text?q=" + urllib.parse.quote("красный рюкзак"))
+    check("a Russian text query answers 200 with every product",
+          status == 200 and len(answer.get("results", [])) == len(photos), answer)
+    status, answer = call("/api/search-by-text?q=" + urllib.parse.quote("красный рюкзак Nike, 30 л"))
+    check("mixed Cyrillic and Latin with digits answers 200", status == 200 and answer.get("results"), answer)
 
     status, answer = call("/api/search-by-image", (inputs / "page.html").read_bytes())
     check("an HTML upload is the client's fault, with pg_clip's SQLSTATE", status == 400 and answer.get("sqlstate") == "22P03", answer)

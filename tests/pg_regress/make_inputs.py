@@ -50,6 +50,18 @@ exif[0x0112] = 6
 upright.rotate(90, expand=True).save(out / "rotated_exif6.png", exif=exif)  # PNG eXIf chunk, lossless
 upright.save(out / "upright.png")
 
+# Transparency (14_transparency): a product photo cut out on a transparent background, the background stored as
+# black (as many exporters leave it), with a half-transparent rim: pg_clip.image_transparency = drop (transformers
+# 4.x) sees black there, white (5.x) sees white. And the same photo with an alpha channel that is opaque
+# everywhere, which must embed the same under both settings.
+product = np.asarray(astronaut.resize((240, 240)), dtype=np.uint8).copy()
+yy, xx = np.mgrid[:240, :240]
+radius = np.hypot(yy - 120, xx - 120)
+alpha = np.where(radius < 90, 255, np.where(radius < 105, 128, 0)).astype(np.uint8)
+product[alpha == 0] = 0
+Image.fromarray(np.dstack([product, alpha]), "RGBA").save(out / "rgba_product.png")
+Image.fromarray(np.dstack([product, np.full_like(alpha, 255)]), "RGBA").save(out / "rgba_opaque.png")
+
 # Bad inputs, one per error class.
 (out / "empty.bin").write_bytes(b"")
 (out / "random.bin").write_bytes(rng.integers(0, 256, 5000, dtype=np.uint8).tobytes())
@@ -99,11 +111,21 @@ raw[len(raw) // 2] ^= 0xFF
 target.write_bytes(raw)
 # A model that offers no int8 image tower.
 model_copy("no_int8", lambda m: m.pop("image_int8", None))
+# A model made before the multilingual tower (export.py --towers image,text), and one without its int8 graph.
+model_copy("no_multilingual", lambda m: (m.pop("text_multilingual", None), m.pop("text_multilingual_int8", None)))
+model_copy("no_multilingual_int8", lambda m: m.pop("text_multilingual_int8", None))
 # A manifest that is not JSON.
 d = model_copy("bad_manifest")
 (d / "manifest.json").write_text("{ this is not json")
-# A model whose output is not what the manifest says (manifest claims 768 dimensions).
-model_copy("wrong_dimensions", lambda m: m.update(embedding_dim=768))
+# A model whose output is not what the manifest says (manifest claims 768 dimensions, for every tower, so that the
+# manifest itself is consistent and only the graph can object).
+def claim_768(m):
+    m["embedding_dim"] = 768
+    if "text_multilingual" in m:
+        m["text_multilingual"]["embedding_dim"] = 768
+
+
+model_copy("wrong_dimensions", claim_768)
 # An ONNX file that is not ONNX, with a manifest that matches it (so only ONNX Runtime can object).
 d = model_copy("not_onnx")
 (d / manifest["image"]["onnx"]).unlink()

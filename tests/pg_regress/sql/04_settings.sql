@@ -12,7 +12,8 @@ SET pg_clip.modle_path = '/tmp';
 -- Out of range.
 SET pg_clip.intra_op_threads = 0;
 
--- Paths, threads and limits are superuser-only; exif_orientation and the cache size are not.
+-- Paths, threads, limits and precisions are superuser-only; exif_orientation, transparency, the text encoder and
+-- the cache size are not.
 CREATE ROLE clip_app LOGIN;
 GRANT USAGE ON SCHEMA clip_test TO clip_app;
 SET ROLE clip_app;
@@ -20,8 +21,11 @@ SET pg_clip.model_path = '/tmp/evil';
 SET pg_clip.onnxruntime_path = '/tmp/evil.so';
 SET pg_clip.intra_op_threads = 8;
 SET pg_clip.max_image_bytes = '1GB';
+SET pg_clip.text_precision = int8;
 SHOW pg_clip.model_path;
 SET pg_clip.exif_orientation = off;
+SET pg_clip.image_transparency = white;
+SET pg_clip.text_model = multilingual;
 SET pg_clip.embedding_cache_size = 4;
 RESET ROLE;
 RESET ALL;

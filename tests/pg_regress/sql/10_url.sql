@@ -11,6 +11,14 @@ SELECT clip_embed_url('http://127.0.0.1:28836/img/astronaut.jpg') = clip_embed_b
 SELECT clip_embed_url('http://127.0.0.1:28836/redirect-chain/2/coffee.png') = clip_embed_bytes(clip_test.input('coffee.png')) AS after_two_redirects;
 SELECT vector_dims(clip_embed_url(' http://127.0.0.1:28836/img/small.webp ')) AS surrounding_spaces_ignored;
 SELECT clip_embed_url(NULL) IS NULL AS null_in_null_out;
+-- pg_clip.image_transparency reaches the URL path as it does the bytes (its pipeline is keyed by the setting too).
+SET pg_clip.image_transparency = white;
+CREATE TEMP TABLE url_alpha AS SELECT 'white' AS setting,
+  clip_embed_url('http://127.0.0.1:28836/img/rgba_product.png') AS url, clip_embed_bytes(clip_test.input('rgba_product.png')) AS bytes;
+RESET pg_clip.image_transparency;
+INSERT INTO url_alpha SELECT 'drop', clip_embed_url('http://127.0.0.1:28836/img/rgba_product.png'), clip_embed_bytes(clip_test.input('rgba_product.png'));
+SELECT setting, url = bytes AS url_equals_bytes FROM url_alpha ORDER BY setting;
+SELECT count(DISTINCT url::text) AS distinct_vectors FROM url_alpha;
 
 -- Every class of failure: its SQLSTATE, a message naming the URL (never its query string) and the cause.
 SELECT clip_test.try($$SELECT clip_embed_url('http://127.0.0.1:28836/status/404')$$) AS not_found;

@@ -1,5 +1,6 @@
-//! OpenAI CLIP's text tokenizer, in pure Rust: `SimpleTokenizer.encode` from `clip/simple_tokenizer.py`
-//! followed by `clip.tokenize(text, context_length, truncate=True)`.
+//! OpenAI CLIP's text tokenizer: `SimpleTokenizer.encode` from `clip/simple_tokenizer.py` followed by
+//! `clip.tokenize(text, context_length, truncate=True)`. The cleaning and the split are pg_clip's own Rust; the
+//! byte-pair merges are the `tokenizers` crate's BPE model.
 //!
 //! The reference, step by step, and where each step lives here:
 //! 1. `basic_clean`: `ftfy.fix_text`, then `html.unescape` twice, then `str.strip` ([`clean_text`]).
@@ -8,11 +9,23 @@
 //!    longest-prefix matching.
 //! 2. `whitespace_clean` (runs of `\s` become one space, strip), then `str.lower`.
 //! 3. The pre-tokenizer regex [`PATTERN`]; each piece is UTF-8 encoded and each byte mapped to one symbol.
-//! 4. Byte-pair merges in rank order, with the first 48,894 merges of `bpe_simple_vocab_16e6.txt.gz`.
+//! 4. Byte-pair merges in rank order, with the first 48,894 merges of `bpe_simple_vocab_16e6.txt.gz`: the
+//!    `tokenizers` crate's `BPE` model (end-of-word suffix `</w>`) on each piece.
 //!    Ids: 256 byte symbols, the same 256 with `</w>`, one per merge, `<|startoftext|>` = 49406 and
-//!    `<|endoftext|>` = 49407. The two special tokens written literally in the text keep their ids, as in
-//!    the reference (its BPE cache is seeded with them).
+//!    `<|endoftext|>` = 49407. The two special tokens keep their ids where the regex yields them as pieces, as
+//!    in the reference (its BPE cache is seeded with them).
 //! 5. `[49406] + ids + [49407]`, cut to the context length with the last id forced to 49407, zero-padded.
+//!
+//! # Why not the crate's whole CLIP pipeline
+//! transformers' `CLIPTokenizer` (the fast one, what sentence-transformers runs) is the crate's pipeline NFC,
+//! whitespace, lower-case, a Split on a copy of [`PATTERN`], ByteLevel, BPE, with the two special tokens as
+//! added tokens. `tests/clip_bpe_tokenizers_crate.rs` runs it over the 555-text corpus against this tokenizer:
+//! 211 texts get other ids (it has no ftfy and no HTML unescaping); 21 when the text is cleaned by [`clean_text`]
+//! first (its regex lacks `re.IGNORECASE`, so `'ſ` is not `'s`: 2 texts; it keeps U+0345 COMBINING GREEK
+//! YPOGEGRAMMENI, which OpenAI's regex drops: 13; and the 6 below); 6 with [`clean_text`], [`PATTERN`] and
+//! ByteLevel without GPT-2's second split: its added-token matching takes `<|endoftext|>` out of `!<|endoftext|>`
+//! before splitting, where OpenAI's regex makes `!<|` one piece and no special token. So the cleaning and the
+//! split stay here, and the crate does the merges (which were hand-written before: a heap over a linked list).
 //!
 //! # Where the result can differ from the reference
 //! `tests/tokenizer_reference.rs` checks every line of `tests/fixtures/tokenizer/corpus.jsonl`. Lines marked
@@ -36,15 +49,15 @@
 #![forbid(unsafe_code)]
 
 use std::borrow::Cow;
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, ErrorKind};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
-use std::sync::{Mutex, PoisonError};
 
 use flate2::read::GzDecoder;
 use regex::Regex;
+use tokenizers::models::bpe::{Vocab, BPE};
+use tokenizers::Model;
 
 use crate::error::{PgClipError, Result};
 
@@ -66,27 +79,24 @@ pub const MERGE_COUNT: usize = 49152 - 256 - 2;
 pub const PATTERN: &str =
     r"(?i:<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d)|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}\x{345}]+";
 
-/// Words whose merges are remembered; the cache is emptied when full, which bounds a backend's memory
-/// however many distinct words it sees (the reference's cache grows without bound).
-const CACHE_CAPACITY: usize = 16_384;
-/// Longer pre-tokens (a pasted blob, not a word) are not kept in the cache.
-const CACHE_MAX_WORD_BYTES: usize = 64;
 const BYTE_SYMBOLS: u32 = 256;
 const FIRST_MERGE_ID: u32 = 2 * BYTE_SYMBOLS;
 
-/// The tokenizer: the merge table and a per-word cache. Build it once per backend and share it.
+/// The tokenizer: the crate's BPE model over CLIP's merges. Build it once per backend and share it. (The
+/// model remembers merged words in a thread-local cache that stops growing at 10,000 words, so a backend's
+/// memory stays bounded however many distinct words it sees.)
 pub struct ClipTokenizer {
-    /// Id of each byte as a symbol inside a word; the word-final (`</w>`) form is this + 256.
+    /// The character standing for each byte in the vocabulary's symbols, and that symbol's id (the word-final
+    /// `</w>` form is this + 256).
+    byte_chars: [char; 256],
     byte_ids: [u32; 256],
-    /// (left id, right id) packed by [`pair_key`] -> merge rank; the merged symbol's id is 512 + rank.
-    ranks: HashMap<u64, u32, BuildHasherDefault<PairHasher>>,
+    bpe: BPE,
     pattern: Regex,
-    cache: Mutex<HashMap<String, Box<[u32]>>>,
 }
 
 impl std::fmt::Debug for ClipTokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClipTokenizer").field("merges", &self.ranks.len()).finish_non_exhaustive()
+        f.debug_struct("ClipTokenizer").field("vocabulary", &self.bpe.get_vocab_size()).finish_non_exhaustive()
     }
 }
 
@@ -105,10 +115,10 @@ impl ClipTokenizer {
             }
         };
 
-        // Vocabulary strings are needed only here, to give each merge's parts their ids.
-        let mut encoder: HashMap<String, u32> = HashMap::with_capacity(FIRST_MERGE_ID as usize + MERGE_COUNT);
-        let mut byte_ids = [0u32; 256];
+        let mut encoder: HashMap<String, u32> = HashMap::with_capacity(FIRST_MERGE_ID as usize + MERGE_COUNT + 2);
+        let (mut byte_chars, mut byte_ids) = (['\0'; 256], [0u32; 256]);
         for (id, (byte, symbol)) in (0u32..).zip(bytes_to_unicode()) {
+            byte_chars[byte as usize] = symbol;
             byte_ids[byte as usize] = id;
             encoder.insert(symbol.to_string(), id);
             encoder.insert(format!("{symbol}</w>"), id + BYTE_SYMBOLS);
@@ -117,7 +127,7 @@ impl ClipTokenizer {
         if !read_line(&mut line, 1)? {
             return Err(PgClipError::model_invalid(WHAT, "the file is empty"));
         }
-        let mut ranks = HashMap::with_capacity_and_hasher(MERGE_COUNT, BuildHasherDefault::default());
+        let mut merges: Vec<(String, String)> = Vec::with_capacity(MERGE_COUNT);
         for rank in 0..MERGE_COUNT as u32 {
             let number = rank as usize + 2;
             if !read_line(&mut line, number)? {
@@ -130,23 +140,31 @@ impl ClipTokenizer {
             let (Some(left), Some(right), None) = (parts.next(), parts.next(), parts.next()) else {
                 return Err(PgClipError::model_invalid(WHAT, format!("line {number} is not a pair of symbols")));
             };
-            let (Some(&l), Some(&r)) = (encoder.get(left), encoder.get(right)) else {
+            if !encoder.contains_key(left) || !encoder.contains_key(right) {
                 return Err(PgClipError::model_invalid(
                     WHAT,
                     format!("line {number} merges a symbol that no earlier line defines"),
                 ));
-            };
+            }
             // Duplicates would make the reference's dicts keep the last entry; the real file has none,
             // so refuse them rather than reproduce that subtlety.
-            if ranks.insert(pair_key(l, r), rank).is_some()
-                || encoder.insert(format!("{left}{right}"), FIRST_MERGE_ID + rank).is_some()
-            {
+            if encoder.insert(format!("{left}{right}"), FIRST_MERGE_ID + rank).is_some() {
                 return Err(PgClipError::model_invalid(WHAT, format!("line {number} repeats a merge")));
             }
+            merges.push((left.to_string(), right.to_string()));
         }
+        encoder.insert("<|startoftext|>".into(), START_OF_TEXT);
+        encoder.insert("<|endoftext|>".into(), END_OF_TEXT);
 
+        // No unknown token: every byte has its symbol, so every piece is spelt by the vocabulary.
+        let vocab: Vocab = encoder.into_iter().collect();
+        let bpe = BPE::builder()
+            .vocab_and_merges(vocab, merges)
+            .end_of_word_suffix("</w>".into())
+            .build()
+            .map_err(|e| PgClipError::model_invalid(WHAT, e))?;
         let pattern = Regex::new(PATTERN).map_err(|e| PgClipError::runtime("compiling the tokenizer pattern", e))?;
-        Ok(ClipTokenizer { byte_ids, ranks, pattern, cache: Mutex::new(HashMap::new()) })
+        Ok(ClipTokenizer { byte_chars, byte_ids, bpe, pattern })
     }
 
     /// Reads and builds from a `bpe_simple_vocab_16e6.txt.gz` file.
@@ -192,114 +210,37 @@ impl ClipTokenizer {
 
     /// Appends the ids of already-cleaned text to `ids`, stopping once `ids` holds at least `limit`.
     fn encode_cleaned(&self, cleaned: &str, limit: usize, ids: &mut Vec<u32>) {
-        // A backend is single-threaded, so the lock is never contended; a poisoned cache is still valid.
-        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut symbols = String::new();
         for piece in self.pattern.find_iter(cleaned) {
             if ids.len() >= limit {
                 break;
             }
-            let piece = piece.as_str();
-            match piece {
+            match piece.as_str() {
                 "<|startoftext|>" => ids.push(START_OF_TEXT),
                 "<|endoftext|>" => ids.push(END_OF_TEXT),
-                _ => {
-                    if let Some(word) = cache.get(piece) {
-                        ids.extend_from_slice(word);
-                        continue;
-                    }
-                    let word = self.bpe(piece);
-                    ids.extend_from_slice(&word);
-                    if piece.len() <= CACHE_MAX_WORD_BYTES {
-                        if cache.len() >= CACHE_CAPACITY {
-                            cache.clear();
-                        }
-                        cache.insert(piece.to_owned(), word.into_boxed_slice());
-                    }
+                piece => self.merge(piece, &mut symbols, ids),
+            }
+        }
+    }
+
+    /// Appends the BPE ids of one piece. The crate's merge is the reference's (repeatedly the lowest-ranked
+    /// adjacent pair, all its occurrences left to right), on a heap, so a long run of letters costs O(n log n)
+    /// rather than the reference's quadratic rescans. It cannot fail here (no dropout, every byte symbol in the
+    /// vocabulary); should it fail or panic all the same, the piece goes in as its byte symbols, unmerged.
+    fn merge(&self, piece: &str, symbols: &mut String, ids: &mut Vec<u32>) {
+        symbols.clear();
+        symbols.extend(piece.bytes().map(|b| self.byte_chars[b as usize]));
+        match catch_unwind(AssertUnwindSafe(|| self.bpe.tokenize(symbols))) {
+            Ok(Ok(tokens)) => ids.extend(tokens.into_iter().map(|t| t.id)),
+            _ => {
+                let start = ids.len();
+                ids.extend(piece.bytes().map(|b| self.byte_ids[b as usize]));
+                if ids.len() > start {
+                    let last = ids.len() - 1;
+                    ids[last] += BYTE_SYMBOLS;
                 }
             }
         }
-    }
-
-    /// Merges one pre-token, with the reference's result: repeatedly take the lowest-ranked adjacent pair and
-    /// merge all its occurrences left to right. Done here in O(n log n) with a heap of (rank, position)
-    /// candidates over a linked list, since a long run of letters is one pre-token and the reference's
-    /// rescanning is quadratic in its length (megabytes of text would hang a backend). The order is the
-    /// same: occurrences of one rank pop left to right, an overlapping one finds its left symbol gone, and a
-    /// pair created by a merge of rank r has a rank above r (the loader checks that every merge's parts
-    /// exist before it), so it cannot join the current round.
-    /// Works on ids rather than strings: each symbol string has exactly one id (checked at load).
-    fn bpe(&self, piece: &str) -> Vec<u32> {
-        const NONE: usize = usize::MAX;
-        let mut symbols: Vec<u32> = piece.bytes().map(|b| self.byte_ids[b as usize]).collect();
-        if let Some(last) = symbols.last_mut() {
-            *last += BYTE_SYMBOLS;
-        }
-        let n = symbols.len();
-        let rank_of = |left: u32, right: u32| self.ranks.get(&pair_key(left, right)).copied();
-        // next[i] is the position of the symbol after i; removed positions get next[i] == i (never otherwise).
-        let mut next: Vec<usize> = (1..=n).map(|j| if j == n { NONE } else { j }).collect();
-        let mut prev: Vec<usize> = (0..n).map(|i| i.checked_sub(1).unwrap_or(NONE)).collect();
-        let mut heap: BinaryHeap<Reverse<(u32, usize)>> =
-            (0..n.saturating_sub(1)).filter_map(|i| Some(Reverse((rank_of(symbols[i], symbols[i + 1])?, i)))).collect();
-
-        while let Some(Reverse((rank, i))) = heap.pop() {
-            let j = next[i];
-            // Stale: i was merged away, is last, or its pair has changed since it was queued.
-            if j == i || j == NONE || rank_of(symbols[i], symbols[j]) != Some(rank) {
-                continue;
-            }
-            symbols[i] = FIRST_MERGE_ID + rank;
-            let after = next[j];
-            next[i] = after;
-            next[j] = j;
-            if after != NONE {
-                prev[after] = i;
-                if let Some(r) = rank_of(symbols[i], symbols[after]) {
-                    heap.push(Reverse((r, i)));
-                }
-            }
-            let before = prev[i];
-            if before != NONE {
-                if let Some(r) = rank_of(symbols[before], symbols[i]) {
-                    heap.push(Reverse((r, before)));
-                }
-            }
-        }
-
-        let mut word = Vec::new();
-        let mut i = if n == 0 { NONE } else { 0 };
-        while i != NONE {
-            word.push(symbols[i]);
-            i = next[i];
-        }
-        word
-    }
-}
-
-fn pair_key(left: u32, right: u32) -> u64 {
-    (u64::from(left) << 32) | u64::from(right)
-}
-
-/// splitmix64's finaliser over the packed pair key: the merge table is looked up for every adjacent pair
-/// at every merge step, and SipHash's DoS resistance buys nothing for a fixed table. (A bare multiply, as
-/// in FxHash, leaves the low bits, which pick the bucket, depending on the right id only.)
-#[derive(Default)]
-struct PairHasher(u64);
-
-impl Hasher for PairHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 ^= n;
-    }
-    fn finish(&self) -> u64 {
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
     }
 }
 
