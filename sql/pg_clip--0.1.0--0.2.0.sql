@@ -50,11 +50,22 @@ CREATE FUNCTION "clip_model_info"() RETURNS TABLE (
 	"load_waited_for_pid" INT,  /* Option < i32 > */
 	"text_load_mode" TEXT,  /* Option < String > */
 	"text_load_waited_ms" double precision,  /* Option < f64 > */
-	"text_load_waited_for_pid" INT  /* Option < i32 > */
+	"text_load_waited_for_pid" INT,  /* Option < i32 > */
+	"text_model" TEXT,  /* String */
+	"text_random_weights" bool,  /* Option < bool > */
+	"text_precision" TEXT,  /* String */
+	"text_model_loaded" bool  /* bool */
 )
 STRICT VOLATILE PARALLEL RESTRICTED
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'clip_model_info_wrapper';
+
+CREATE FUNCTION "clip_text_tokens"(
+	"query" TEXT /* & str */
+) RETURNS INT[] /* Vec < i32 > */
+STRICT STABLE PARALLEL SAFE COST 100
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'clip_text_tokens_wrapper';
 
 CREATE FUNCTION "clip_auto_embed_inserted"()
 	RETURNS TRIGGER
