@@ -531,12 +531,7 @@ def check_alignment(onnx_path: Path, alignment: int = DATA_ALIGNMENT) -> tuple[i
 # ---------------------------------------------------------------------------------------------- files, manifest
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+sha256_file = ml.sha256_file  # one implementation, in the module both tools import
 
 
 def _fsync_path(path: Path) -> None:

@@ -213,11 +213,12 @@ class Checkpoint:
 
     def source_sha256(self) -> str:
         """As export.Checkpoint.source_sha256: sha256 of sorted "<sha256>  <relative path>" lines."""
-        lines = "".join(f"{_sha256_file(p)}  {p.relative_to(self.root).as_posix()}\n" for p in self.hashed_files())
+        lines = "".join(f"{sha256_file(p)}  {p.relative_to(self.root).as_posix()}\n" for p in self.hashed_files())
         return hashlib.sha256(lines.encode()).hexdigest()
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """The file's SHA-256 in hex, read in 1 MiB chunks (export.py uses this one too)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
@@ -330,7 +331,7 @@ def vocab_path() -> Path:
     if not path.is_file():
         raise ExportError(f"{path}: bert-base-multilingual-cased's vocab.txt not found; set {VOCAB_ENV} to it "
                           "(random multilingual weights need it; a --multilingual-checkpoint brings its own)")
-    if _sha256_file(path) != VOCAB_SHA256:
+    if sha256_file(path) != VOCAB_SHA256:
         raise ExportError(f"{path}: sha256 differs from bert-base-multilingual-cased's vocab.txt ({VOCAB_SHA256[:12]}...)")
     return path
 

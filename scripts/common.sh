@@ -75,19 +75,25 @@ cluster_dir() {  # $1 = name
 }
 
 # The server's command-line options. PG_CLIP_PRELOAD=0: without pg_clip in shared_preload_libraries (how a
-# session that loads the library itself behaves).
+# session that loads the library itself behaves). The prepared (shared, memory-mapped) model files live outside
+# the data directories, one directory per major for all the clusters here, as the README advises: each cluster
+# does not prepare the model again, and a base backup does not copy gigabytes of them.
 cluster_options() {  # $1 = name, $2 = port
   local preload=" -c shared_preload_libraries=pg_clip"
   [ "${PG_CLIP_PRELOAD:-1}" = 1 ] || preload=""
-  echo "-p $2 -k $(cluster_dir "$1") -c listen_addresses=''$preload"
+  echo "-p $2 -k $(cluster_dir "$1") -c listen_addresses=''$preload -c pg_clip.prepared_model_dir=$(prepared_dir)"
+}
+
+prepared_dir() {
+  echo "$ROOT/target/pg_clip/prepared-pg$PG_MAJOR"
 }
 
 cluster_start() {  # $1 = name (dir under target/clusters), $2 = port
   local dir port=$2
   dir=$(cluster_dir "$1")
-  mkdir -p "$dir"
-  chmod a+rx "$ROOT/target" "$ROOT/target/clusters"
-  chown "$(pg_owner)" "$dir"
+  mkdir -p "$dir" "$(prepared_dir)"
+  chmod a+rx "$ROOT/target" "$ROOT/target/clusters" "$ROOT/target/pg_clip"
+  chown "$(pg_owner)" "$dir" "$(prepared_dir)"
   if [ ! -f "$dir/data/PG_VERSION" ]; then
     as_pg "$PG_BIN/initdb" -D "$dir/data" -U postgres --auth=trust --no-sync >/dev/null
   fi

@@ -98,7 +98,7 @@ as_postgres=""; [ "$(id -u)" = 0 ] && as_postgres="runuser -u postgres -- env -u
 PG_CLIP_TEST_HTTP=http://127.0.0.1:$http_port \
   "$PY" tests/clients/test_lifecycle.py "host=$PGHOST port=$PGPORT user=postgres" "$PG_BIN" "$as_postgres" \
   "$lifecycle/replica" "${REPLICA_PORT:-28830}" \
-  "-p ${REPLICA_PORT:-28830} -k $lifecycle -c listen_addresses='' -c shared_preload_libraries=pg_clip" "$work"
+  "-p ${REPLICA_PORT:-28830} -k $lifecycle -c listen_addresses='' -c shared_preload_libraries=pg_clip -c pg_clip.prepared_model_dir=$(prepared_dir)" "$work"
 
 # Kills one preparing backend with SIGKILL on purpose (the cluster goes through crash recovery).
 log "3/3 cold start: 8 first calls at once, one backend prepares the shared model, the others wait and map it"
