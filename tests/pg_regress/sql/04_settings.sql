@@ -1,7 +1,8 @@
--- Settings: defaults, units, ranges, and who may change them. They exist once the library is loaded
+-- Settings: defaults (boot_val: the test clusters set some, e.g. prepared_model_dir), units, ranges, and who may
+-- change them. They exist once the library is loaded
 -- (by the first pg_clip call of a session, or LOAD, or shared_preload_libraries).
 LOAD 'pg_clip';
-SELECT name, setting, unit, context, vartype, min_val, max_val
+SELECT name, boot_val AS default_value, unit, context, vartype, min_val, max_val
   FROM pg_settings WHERE name LIKE 'pg_clip.%' ORDER BY name;
 -- The path defaults are empty: the extension then uses what the install put in place.
 SELECT model_path LIKE '%/pg_clip/model' AS default_model_path,
