@@ -37,6 +37,11 @@ for v in 13 14 15 16 17 18; do
   init_args+=(--pg$v /usr/lib/postgresql/$v/bin/pg_config)
   grep -qs "^pg$v = " "${PGRX_HOME:-$HOME/.pgrx}/config.toml" || missing=1
 done
+# A major listed there whose pg_config is gone (its packages removed) breaks every build: pgrx's build script
+# asks each listed pg_config for its version. Write the config again with the installed ones.
+while read -r listed; do
+  [ -x "$listed" ] || missing=1
+done < <(sed -n 's/^pg[0-9]* = "\(.*\)"$/\1/p' "${PGRX_HOME:-$HOME/.pgrx}/config.toml" 2>/dev/null)
 if [ $missing = 1 ]; then
   log "cargo pgrx init ${init_args[*]}"
   cargo pgrx init "${init_args[@]}" >/dev/null
