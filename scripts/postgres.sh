@@ -20,6 +20,11 @@ usage() { echo "usage: $0 15|17|18" >&2; exit 2; }
 N=$1
 case $N in 15|17|18) ;; *) usage ;; esac
 
+# Run from `make test PG=N`, this script inherits the outer make's MAKELEVEL and MAKEFLAGS. PostgreSQL's build
+# then believes it is a sub-make and skips building its generated headers first (utils/errcodes.h), which
+# breaks `make -j2` at random. Each build here is a top-level make of its own.
+unset MAKELEVEL MAKEFLAGS MFLAGS
+
 CACHE=${PG_CLIP_CACHE:-/var/cache/pg_clip/debs}
 SRC=$CACHE/src
 LOGS=$CACHE/logs
