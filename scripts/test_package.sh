@@ -8,7 +8,8 @@
 #      pg_clip--*.sql, $pkglibdir/pg_clip/, $sharedir/pg_clip/ with the model), and an installed package of N, so
 #      that only the package provides pg_clip;
 #   3. dpkg -i (dependencies checked, nothing forced); installs a model with the package's own pg_clip_model
-#      (--random --seed 42, with PYTHON = the project's venv so that nothing is downloaded);
+#      (--random --seed 42 with the multilingual text encoder too, from the packaged tool and vocabulary, with
+#      PYTHON = the project's venv so that nothing is downloaded);
 #   4. a throwaway cluster of N with shared_preload_libraries = pg_clip: CREATE EXTENSION pg_clip CASCADE, photos
 #      embedded with clip_embed_bytes into a table with an HNSW index, each photo's search finds its own row first
 #      at distance < 1e-6 through the index;
@@ -92,12 +93,13 @@ for f in sql/pg_clip--*.sql; do
   [ -e "$f" ] || continue
   check "package ships $f" cmp -s "$f" "$sharedir/extension/$(basename "$f")"
 done
-log "installing a model with $bindir/pg_clip_model --random --seed 42 (PYTHON=$PY)"
+model_args=(--random --seed 42 --towers image,text,multilingual)
+log "installing a model with $bindir/pg_clip_model ${model_args[*]} (PYTHON=$PY)"
 t_model=$(date +%s)
-if PYTHON=$PY "$bindir/pg_clip_model" --random --seed 42 > "$ROOT/target/packages/pg_clip_model-$N.log" 2>&1; then
-  ok "pg_clip_model --random --seed 42 wrote $model_dir ($(du -sh "$model_dir" | cut -f1)) in $(( $(date +%s) - t_model ))s"
+if PYTHON=$PY "$bindir/pg_clip_model" "${model_args[@]}" > "$ROOT/target/packages/pg_clip_model-$N.log" 2>&1; then
+  ok "pg_clip_model ${model_args[*]} wrote $model_dir ($(du -sh "$model_dir" | cut -f1)) in $(( $(date +%s) - t_model ))s"
 else
-  tail -n 20 "$ROOT/target/packages/pg_clip_model-$N.log"; fatal "pg_clip_model --random --seed 42"
+  tail -n 20 "$ROOT/target/packages/pg_clip_model-$N.log"; fatal "pg_clip_model ${model_args[*]}"
 fi
 check "model readable by the server's user" as_pg test -r "$model_dir/manifest.json" -a -r "$model_dir/image.onnx.data"
 
@@ -145,6 +147,12 @@ done
 plan=$(q -c "SET enable_seqscan = off" -c "$search" \
          -c "EXPLAIN (COSTS OFF) EXECUTE search(pg_read_binary_file('$photos/$(basename "${images[0]}")'))")
 check "the search runs on the HNSW index" grep -q 'Index Scan using photo_embedding_idx' <<< "$plan"
+# Words in Russian, with the multilingual encoder the packaged tool made (its vocabulary shipped in the package).
+words=$(q -c "SET pg_clip.text_model = multilingual" \
+          -c "SELECT (clip_text_tokens('красный рюкзак'))[1], vector_dims(clip_embed_text('красный рюкзак')),
+                     (SELECT text_model FROM clip_model_info())" 2>/dev/null | tail -n1)
+check "words in Russian through the multilingual encoder: [CLS] id, dimensions, encoder ($words)" \
+  test "$words" = "101|512|multilingual"
 check "the auto-embed launcher runs (library preloaded)" \
   test "$(q -c "SELECT count(*) FROM pg_stat_activity WHERE backend_type LIKE '%pg_clip%'")" -ge 1
 cluster_stop package
