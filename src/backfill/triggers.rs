@@ -16,9 +16,9 @@
 //! application role needs no privilege on pg_clip's tables. No user code runs under that switch: the table has
 //! no triggers of its own.
 
+use pgrx::pg_sys;
 use pgrx::prelude::*;
 use pgrx::spi::OwnedPreparedStatement;
-use pgrx::pg_sys;
 use std::cell::RefCell;
 use std::ffi::{CStr, CString};
 use std::num::NonZeroUsize;
@@ -64,8 +64,11 @@ fn clear_vector<'a>(trigger: &'a PgTrigger<'a>) -> Result<PgHeapTuple<'a, Alloca
     if unsafe { value_changed(data.tg_relation, data.tg_trigtuple, data.tg_newtuple, vector) } {
         return Ok(row); // the UPDATE wrote URL and vector together: the writer's business
     }
-    for column in [vector_column.as_str(), version_column.as_str()].into_iter().filter(|c| !c.is_empty()) {
-        let attno = attribute_number(data.tg_relation, column)?;
+    let version = match version_column.as_str() {
+        "" => None,
+        column => Some(attribute_number(data.tg_relation, column)?),
+    };
+    for attno in std::iter::once(vector).chain(version) {
         // SAFETY: setting a column to NULL needs no datum of its type; attno is a valid attribute number.
         unsafe { row.set_by_index_unchecked(attno, None) };
     }
@@ -104,7 +107,12 @@ fn attribute_number(relation: pg_sys::Relation, column: &str) -> Result<NonZeroU
 ///
 /// # Safety
 /// `old` and `new` must be valid heap tuples of `relation`, and the column of a varlena type.
-unsafe fn value_changed(relation: pg_sys::Relation, old: pg_sys::HeapTuple, new: pg_sys::HeapTuple, attno: NonZeroUsize) -> bool {
+unsafe fn value_changed(
+    relation: pg_sys::Relation,
+    old: pg_sys::HeapTuple,
+    new: pg_sys::HeapTuple,
+    attno: NonZeroUsize,
+) -> bool {
     // SAFETY: per the caller; SPI_getbinval reads one attribute; pg_detoast_datum_packed returns the value itself
     // or a palloc'd detoasted copy, whose size and bytes are then read within its bounds.
     unsafe {

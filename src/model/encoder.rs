@@ -182,7 +182,7 @@ impl Tower {
         let slot = match sharing {
             WeightSharing::Shared { cache_dir } => Some(PreparedSlot::new(
                 cache_dir,
-                kind.weights_version(manifest),
+                kind.weights(manifest).0,
                 kind.prepared_name(precision),
                 &source_sha256,
                 &runtime.version,
@@ -420,11 +420,12 @@ impl TowerKind {
         }
     }
 
-    /// Which weights the tower has: the multilingual tower has its own provenance (manifest section).
-    fn weights_version(self, manifest: &super::manifest::Manifest) -> &str {
+    /// Which weights the tower has, as (model_version, random_weights): the multilingual tower has its own
+    /// provenance (its manifest section); the image and CLIP text towers share the manifest's.
+    pub fn weights(self, manifest: &super::manifest::Manifest) -> (&str, bool) {
         match (self, &manifest.text_multilingual) {
-            (TowerKind::Multilingual, Some(tower)) => &tower.model_version,
-            _ => &manifest.model_version,
+            (TowerKind::Multilingual, Some(tower)) => (&tower.model_version, tower.random_weights),
+            _ => (&manifest.model_version, manifest.random_weights),
         }
     }
 

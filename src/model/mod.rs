@@ -133,12 +133,8 @@ pub(crate) fn state() -> MutexGuard<'static, BackendState> {
 impl BackendState {
     /// Says once per set of weights that they are random; the multilingual tower's flag is its own section's.
     fn warn_if_random(&mut self, tower: &Tower) {
-        let manifest = &tower.model.manifest;
-        let (random, version) = match (tower.kind, &manifest.text_multilingual) {
-            (TowerKind::Multilingual, Some(section)) => (section.random_weights, &section.model_version),
-            _ => (manifest.random_weights, &manifest.model_version),
-        };
-        let key = (tower.model.dir.clone(), version.clone());
+        let (version, random) = tower.kind.weights(&tower.model.manifest);
+        let key = (tower.model.dir.clone(), version.to_string());
         if random && !self.warned_random.contains(&key) {
             self.pending_warning = Some(random_weights_warning(version));
             self.warned_random.push(key);
