@@ -112,7 +112,7 @@ impl PgClipError {
             PgClipError::FetchStatus { .. } => ERRCODE_EXTERNAL_ROUTINE_EXCEPTION, // 38000
             PgClipError::FetchLimit { .. } => ERRCODE_PROGRAM_LIMIT_EXCEEDED,  // 54000
             PgClipError::Fetched { inner, .. } => inner.sqlstate(),
-            PgClipError::ColumnMissing { .. } => ERRCODE_UNDEFINED_COLUMN,     // 42703
+            PgClipError::ColumnMissing { .. } => ERRCODE_UNDEFINED_COLUMN, // 42703
             PgClipError::Prerequisite { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, // 55000
         }
     }
@@ -189,8 +189,7 @@ impl PgClipError {
     /// Raises this error as an ERROR with its SQLSTATE, message and hint, from `function`. Never returns.
     /// The one place where pg_clip's errors become Postgres errors.
     pub fn raise(&self, function: &'static str) -> ! {
-        let mut report =
-            pgrx::pg_sys::panic::ErrorReport::new(self.sqlstate(), format!("pg_clip: {self}"), function);
+        let mut report = pgrx::pg_sys::panic::ErrorReport::new(self.sqlstate(), format!("pg_clip: {self}"), function);
         if let Some(hint) = self.hint() {
             report = report.set_hint(hint);
         }

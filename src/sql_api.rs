@@ -7,8 +7,8 @@ use pgrx::{PgLogLevel, PgSqlErrorCode};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use crate::backfill;
-use crate::error::{PgClipError, Result};
 use crate::backfill::url_batch::{self, UrlOutcome};
+use crate::error::{PgClipError, Result};
 use crate::model::{self, EmbedRequest};
 use crate::pgvector::Vector;
 use crate::settings;
@@ -426,7 +426,11 @@ fn clip_auto_embed_wake(start_worker: bool) {
 #[allow(clippy::type_complexity)]
 fn clip_auto_embed_worker() -> TableIterator<
     'static,
-    (name!(pid, Option<i32>), name!(state, Option<String>), name!(started_at, Option<pgrx::datum::TimestampWithTimeZone>)),
+    (
+        name!(pid, Option<i32>),
+        name!(state, Option<String>),
+        name!(started_at, Option<pgrx::datum::TimestampWithTimeZone>),
+    ),
 > {
     // SAFETY: MyDatabaseId is set for a connected backend.
     let info = backfill::registry::worker_info(unsafe { pg_sys::MyDatabaseId });

@@ -50,7 +50,9 @@ pub enum WorkerState {
 
 impl WorkerState {
     fn from_u8(value: u8) -> Option<Self> {
-        [Self::Starting, Self::Idle, Self::Embedding, Self::Sweeping, Self::Backoff].into_iter().find(|s| *s as u8 == value)
+        [Self::Starting, Self::Idle, Self::Embedding, Self::Sweeping, Self::Backoff]
+            .into_iter()
+            .find(|s| *s as u8 == value)
     }
 
     pub fn name(self) -> &'static str {
@@ -136,9 +138,10 @@ impl Registry {
             return Some(&mut self.slots[i]);
         }
         let now = now_ms();
-        let free = self.slots.iter().position(|s| {
-            s.database == 0 || (s.pid == 0 && now - s.start_requested_ms > 10 * START_AGAIN_AFTER_MS)
-        })?;
+        let free = self
+            .slots
+            .iter()
+            .position(|s| s.database == 0 || (s.pid == 0 && now - s.start_requested_ms > 10 * START_AGAIN_AFTER_MS))?;
         let slot = &mut self.slots[free];
         *slot = Slot { database, ..Slot::default() };
         Some(slot)

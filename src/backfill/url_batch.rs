@@ -15,10 +15,10 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::model::{state, EmbedRequest};
 use crate::error::{PgClipError, Result};
 use crate::fetch::{Downloads, FetchConfig, Fetcher, Finished, Process};
 use crate::image;
+use crate::model::{state, EmbedRequest};
 
 /// What happened to one URL.
 #[derive(Debug, Clone)]

@@ -499,10 +499,12 @@ impl Worker {
     fn table_count(&self) -> Option<i64> {
         in_transaction("counting tables", || {
             // (The table may be gone with the extension: then there is nothing to count.)
-            match Spi::get_one::<bool>(&self.sql(
-                "SELECT pg_catalog.to_regclass('@extschema@.clip_auto_embed_tables') IS NOT NULL",
-            )) {
-                Ok(Some(true)) => Spi::get_one::<i64>(&self.sql("SELECT count(*) FROM @extschema@.clip_auto_embed_tables")),
+            match Spi::get_one::<bool>(
+                &self.sql("SELECT pg_catalog.to_regclass('@extschema@.clip_auto_embed_tables') IS NOT NULL"),
+            ) {
+                Ok(Some(true)) => {
+                    Spi::get_one::<i64>(&self.sql("SELECT count(*) FROM @extschema@.clip_auto_embed_tables"))
+                }
                 other => other.map(|_| Some(0)),
             }
         })
@@ -558,7 +560,11 @@ impl Worker {
             // pg_clip dropped (or re-created in another schema) since this worker started: nothing to serve
             // here; a commit or the launcher starts a worker that knows the new schema.
             let present = client
-                .select(&self.sql("SELECT pg_catalog.to_regclass('@extschema@.clip_auto_embed_tables') IS NOT NULL"), None, &[])?
+                .select(
+                    &self.sql("SELECT pg_catalog.to_regclass('@extschema@.clip_auto_embed_tables') IS NOT NULL"),
+                    None,
+                    &[],
+                )?
                 .first()
                 .get_one::<bool>()?;
             if present != Some(true) {
@@ -810,7 +816,8 @@ impl Worker {
         started: Instant,
     ) -> Result<(), pgrx::spi::SpiError> {
         let change_of = |key: &str| current.iter().find(|e| e.key == key).map_or(0, |e| e.change_id);
-        let url_of = |o: &Outcome| o.url.clone().or_else(|| current.iter().find(|e| e.key == o.key).map(|e| e.url.clone()));
+        let url_of =
+            |o: &Outcome| o.url.clone().or_else(|| current.iter().find(|e| e.key == o.key).map(|e| e.url.clone()));
         let args: Vec<DatumWithOid> = vec![
             table.relation.into(),
             outcomes.iter().map(|o| o.key.clone()).collect::<Vec<_>>().into(),
