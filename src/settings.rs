@@ -186,8 +186,9 @@ pub fn init() {
     GucRegistry::define_string_guc(
         c"pg_clip.prepared_model_dir",
         c"Directory for prepared (optimized, pre-packed) model files that backends share.",
-        c"Empty means pg_clip/prepared inside the data directory. Files there are specific to this CPU and ONNX \
-          Runtime version; pg_clip makes them on first use and rebuilds any that do not verify.",
+        c"Empty means pgsql_tmp_pg_clip inside the data directory, which base backups leave out. Files there are \
+          specific to this CPU and ONNX Runtime version; pg_clip makes them on first use and rebuilds any that do \
+          not verify.",
         &PREPARED_MODEL_DIR,
         GucContext::Suset,
         GucFlags::SUPERUSER_ONLY,
@@ -437,10 +438,17 @@ pub fn weight_sharing() -> WeightSharing {
     if !SHARE_MODEL_WEIGHTS.get() {
         return WeightSharing::Private;
     }
-    let cache_dir = string_setting(&PREPARED_MODEL_DIR)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| data_dir().join("pg_clip").join("prepared"));
-    WeightSharing::Shared { cache_dir }
+    match string_setting(&PREPARED_MODEL_DIR) {
+        Some(dir) => WeightSharing::Shared { cache_dir: PathBuf::from(dir), former_default: None },
+        // A name starting with pgsql_tmp: pg_basebackup, pg_rewind and pgBackRest skip it, and PostgreSQL's
+        // documentation lets any file-level backup leave it out ("Any file or directory beginning with
+        // pgsql_tmp can be omitted from the backup"). It is a cache that every node remakes or maps by
+        // itself; PostgreSQL does not remove it (it clears base/pgsql_tmp and tablespaces' pgsql_tmp only).
+        None => WeightSharing::Shared {
+            cache_dir: data_dir().join(DEFAULT_PREPARED_DIR),
+            former_default: Some(data_dir().join("pg_clip").join("prepared")),
+        },
+    }
 }
 
 /// Everything a download depends on. A batch function's `concurrency` argument may lower
@@ -499,6 +507,9 @@ fn share_dir() -> PathBuf {
         PathBuf::from(CStr::from_ptr(buf.as_ptr()).to_string_lossy().into_owned())
     }
 }
+
+/// The default prepared-model directory, inside the data directory (see weight_sharing).
+pub const DEFAULT_PREPARED_DIR: &str = "pgsql_tmp_pg_clip";
 
 fn data_dir() -> PathBuf {
     // SAFETY: DataDir is set at postmaster start, before any backend runs SQL, and never freed.

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::Result;
 
-const MEMO_FILE: &str = "verified.json";
+pub const MEMO_FILE: &str = "verified.json";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Stamp {

@@ -69,7 +69,9 @@ pub type ImageEncoder = Tower;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WeightSharing {
     /// Map a prepared model from this directory (preparing it on first use): one copy for all backends.
-    Shared { cache_dir: PathBuf },
+    /// `former_default`: where pg_clip 0.2.0 kept prepared models by default (inside the data directory,
+    /// where every base backup copied them), removed when a model is loaded from the new default.
+    Shared { cache_dir: PathBuf, former_default: Option<PathBuf> },
     /// A session of this backend's own (pg_clip.share_model_weights = off).
     Private,
 }
@@ -180,7 +182,7 @@ impl Tower {
         })?;
         let anonymous_before = anonymous_memory_kb();
         let slot = match sharing {
-            WeightSharing::Shared { cache_dir } => Some(PreparedSlot::new(
+            WeightSharing::Shared { cache_dir, .. } => Some(PreparedSlot::new(
                 cache_dir,
                 kind.weights(manifest).0,
                 kind.prepared_name(precision),
@@ -189,6 +191,16 @@ impl Tower {
             )),
             WeightSharing::Private => None,
         };
+        // Prepared models of 0.2.0 in the data directory are copied by every base backup: gone once the new
+        // default is in use (mapped copies stay valid; removing them is what the README always advised).
+        if let WeightSharing::Shared { former_default: Some(former), .. } = sharing {
+            if former.is_dir() {
+                let _ = std::fs::remove_dir_all(former);
+                if let Some(parent) = former.parent() {
+                    let _ = std::fs::remove_dir(parent); // pg_clip/, if nothing else is in it
+                }
+            }
+        }
         // No prepared model yet: take the right to prepare it, or wait for the backend that has it. Before the
         // source files are verified, so that backends which waited find the checksums the preparer remembered
         // instead of each hashing the 360 MB source at the same time.
@@ -199,7 +211,7 @@ impl Tower {
         // The source files are verified on every load, also when a prepared copy will be used: a model
         // directory whose files do not match its manifest is reported, never quietly papered over.
         let memo = match sharing {
-            WeightSharing::Shared { cache_dir } if cache_dir.is_dir() => ChecksumMemo::in_dir(Some(cache_dir)),
+            WeightSharing::Shared { cache_dir, .. } if cache_dir.is_dir() => ChecksumMemo::in_dir(Some(cache_dir)),
             _ => ChecksumMemo::default(),
         };
         for name in model.graph_files(onnx) {
@@ -411,12 +423,15 @@ impl TowerKind {
         }
     }
 
-    /// The prepared model's name within its directory name: the tower, and `-int8` for the int8 graph.
+    /// The prepared model's name within its directory name: the tower, and `-int8` for the int8 graph. Short,
+    /// so that every path in the cache stays within tar's 99 bytes (see prepared::MAX_RELATIVE_PATH).
     fn prepared_name(self, precision: Precision) -> &'static str {
         match (self, precision) {
             (TowerKind::Image, Precision::Int8) => "image-int8",
-            (TowerKind::Multilingual, Precision::Int8) => "text-multilingual-int8",
-            (kind, _) => kind.name(),
+            (TowerKind::Image, _) => "image",
+            (TowerKind::Text, _) => "text",
+            (TowerKind::Multilingual, Precision::Int8) => "text-ml-int8",
+            (TowerKind::Multilingual, _) => "text-ml",
         }
     }
 

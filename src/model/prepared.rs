@@ -3,7 +3,10 @@
 //! weights through the page cache instead of each holding ~350 MB of private pre-packed copies.
 //!
 //! Layout: `<cache_dir>/<model_version>-<tower>-<key>/` with `model.onnx`, `model.onnx.data` and
-//! `prepared.json` (what it was made from, and the BLAKE3 and size of both files). The key covers the
+//! `prepared.json` (what it was made from, and the BLAKE3 and size of both files). Every name is short
+//! whatever the model version (at most [`MAX_RELATIVE_PATH`] bytes below the cache directory: the version is
+//! cut to [`VERSION_CHARS`] characters, the key alone tells slots apart), because a cache directory inside
+//! the data directory is streamed by pg_basebackup as tar, whose names stop at 99 bytes. The key covers the
 //! source graph's SHA-256, the ONNX Runtime version and the CPU's SIMD features, so a file made by another
 //! runtime or on another CPU is never even looked at. A directory is written under a temporary name and
 //! renamed into place only when complete and fsynced; a backend that dies mid-way leaves only a temporary
@@ -34,6 +37,13 @@ pub const DATA_FILE: &str = "model.onnx.data";
 const RECORD_FILE: &str = "prepared.json";
 const FORMAT: u32 = 1;
 const STALE_TEMPORARY: Duration = Duration::from_secs(3600);
+/// How much of the model version a slot's name keeps (for people; the key identifies the slot).
+pub const VERSION_CHARS: usize = 28;
+/// The longest path pg_clip writes below a cache directory (a slot's data file, a temporary's data file, a
+/// lock file), whatever the model version: the default cache directory's own name plus this stays within
+/// tar's 99 bytes, and so does any directory of up to `99 - 1 - MAX_RELATIVE_PATH` bytes below the data
+/// directory (tested).
+pub const MAX_RELATIVE_PATH: usize = 81;
 /// How often a waiting backend tries the lock again and checks for interrupts: the bound on how late a
 /// cancel is honoured, and on how long a waiter idles after the preparer is done.
 const LOCK_POLL: Duration = Duration::from_millis(50);
@@ -54,6 +64,8 @@ pub struct PreparedRecord {
 #[derive(Debug, Clone)]
 pub struct PreparedSlot {
     pub dir: PathBuf,
+    /// What tells this slot apart (source graph, runtime, CPU): its temporaries are named with it.
+    key: String,
     pub source_sha256: String,
     pub onnxruntime_version: String,
     pub cpu_features: String,
@@ -92,7 +104,7 @@ impl PreparedSlot {
         let cpu_features = cpu_features();
         let key = {
             let mut hasher = blake3::Hasher::new();
-            for part in [source_sha256, onnxruntime_version, &cpu_features, &FORMAT.to_string()] {
+            for part in [source_sha256, tower, onnxruntime_version, &cpu_features, &FORMAT.to_string()] {
                 hasher.update(part.as_bytes());
                 hasher.update(&[0]);
             }
@@ -100,10 +112,12 @@ impl PreparedSlot {
         };
         let safe_version: String = model_version
             .chars()
+            .take(VERSION_CHARS)
             .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '.' { c } else { '_' })
             .collect();
         PreparedSlot {
             dir: cache_dir.join(format!("{safe_version}-{tower}-{key}")),
+            key,
             source_sha256: source_sha256.to_string(),
             onnxruntime_version: onnxruntime_version.to_string(),
             cpu_features,
@@ -222,7 +236,7 @@ impl PreparedSlot {
     pub fn begin(&self, lock: Option<&PrepareLock>) -> Result<PathBuf> {
         let parent = self.dir.parent().expect("slot directories have a parent");
         std::fs::create_dir_all(parent).map_err(|e| io_error("creating", parent, e))?;
-        let prefix = format!(".tmp-{}-", self.name());
+        let prefix = format!(".tmp-{}-", self.key);
         remove_stale_temporaries(parent, lock.is_some().then_some(prefix.as_str()));
         let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
         let temporary = parent.join(format!("{prefix}{}-{nanos}", std::process::id()));
@@ -368,6 +382,34 @@ mod tests {
         assert_ne!(a.dir, b.dir);
         assert_ne!(a.dir, c.dir);
         assert!(a.dir.file_name().unwrap().to_str().unwrap().starts_with("clip-ViT-B-32_random-image-"));
+    }
+
+    /// pg_basebackup streams the data directory as tar, whose names stop at 99 bytes: a slot made from a
+    /// model version of any length, for every tower, keeps every path it writes within MAX_RELATIVE_PATH.
+    #[test]
+    fn names_stay_short_whatever_the_model_version() {
+        let root = std::env::temp_dir().join(format!("pg_clip-prepared-names-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let long_version = "clip-ViT-L-14-336-laion2B-s32B-b82K-finetuned-on-our-own-catalogue-2026-12/v17".repeat(4);
+        let towers = ["image", "image-int8", "text", "text-ml", "text-ml-int8"];
+        for tower in towers {
+            let s = PreparedSlot::new(&root, &long_version, tower, "f".repeat(64).as_str(), "1.31.1");
+            let tmp = s.begin(None).unwrap();
+            let mut written =
+                vec![s.dir.join(DATA_FILE), s.dir.join(RECORD_FILE), s.lock_path(), tmp.join(DATA_FILE)];
+            written.push(root.join(super::super::checksum::MEMO_FILE));
+            for path in written {
+                let relative = path.strip_prefix(&root).unwrap().to_string_lossy().into_owned();
+                assert!(relative.len() <= MAX_RELATIVE_PATH, "{relative}: {} bytes", relative.len());
+            }
+            s.abandon(&tmp);
+        }
+        // Within the default location, pgsql_tmp_pg_clip/ (not backed up at all), and within the former
+        // default, pg_clip/prepared/, if someone sets it again: both fit tar.
+        for dir in ["pgsql_tmp_pg_clip", "pg_clip/prepared"] {
+            assert!(dir.len() + 1 + MAX_RELATIVE_PATH <= 99, "{dir}");
+        }
+        let _ = std::fs::remove_dir_all(&root);
     }
 
     #[test]
