@@ -15,20 +15,26 @@
 -- at once. The worker copies them into its queue, which holds what the rows cannot: retry times after a
 -- transient failure, re-embeds after a model change, and when each change was found (the status view's lag).
 -- The same look finds rows written with the triggers off (COPY with session_replication_role = replica).
+--
+-- Security, as in sql/backfill.sql: the worker connects as the bootstrap superuser, but whatever reads or
+-- writes a user's table runs in src/backfill/as_owner.rs as the table's owner, in a security-restricted
+-- operation; the functions here do bookkeeping on pg_clip's own tables with built-in types only, each with
+-- search_path = pg_catalog, pg_temp, and check that their caller owns the table it names. Row-level security
+-- keeps each owner's settings, queue and log to itself.
 
 -- Which tables are served, with which columns. pg_dump keeps it with the extension.
 CREATE TABLE @extschema@.clip_auto_embed_tables (
-    relation      regclass    PRIMARY KEY,
-    url_column    name        NOT NULL,
-    vector_column name        NOT NULL,
-    key_column    name        NOT NULL,
-    paused        boolean     NOT NULL DEFAULT false,  -- changes are queued, the worker leaves them
-    enabled_at    timestamptz NOT NULL DEFAULT now(),
-    enabled_by    name        NOT NULL DEFAULT current_user,
-    pending_index name,                                -- the partial index clip_auto_embed made
-    last_sweep_at timestamptz,                         -- the worker's last look for pending rows
-    last_error    text,                                -- the worker's last error on this table, and when
-    last_error_at timestamptz
+    relation      pg_catalog.regclass    PRIMARY KEY,
+    url_column    pg_catalog.name        NOT NULL,
+    vector_column pg_catalog.name        NOT NULL,
+    key_column    pg_catalog.name        NOT NULL,
+    paused        pg_catalog.bool        NOT NULL DEFAULT false,  -- changes are queued, the worker leaves them
+    enabled_at    pg_catalog.timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    enabled_by    pg_catalog.name        NOT NULL DEFAULT CURRENT_USER,
+    pending_index pg_catalog.name,                                -- the partial index clip_auto_embed made
+    last_sweep_at pg_catalog.timestamptz,                         -- the worker's last look for pending rows
+    last_error    pg_catalog.text,                                -- the worker's last error on this table, and when
+    last_error_at pg_catalog.timestamptz
 );
 COMMENT ON TABLE @extschema@.clip_auto_embed_tables IS
     'pg_clip: tables whose vectors the auto-embed worker keeps fresh (clip_auto_embed)';
@@ -38,12 +44,13 @@ COMMENT ON TABLE @extschema@.clip_auto_embed_tables IS
 -- it picked.
 CREATE SEQUENCE @extschema@.clip_auto_embed_change_seq;
 CREATE TABLE @extschema@.clip_auto_embed_queue (
-    relation   regclass    NOT NULL,
-    row_key    text        NOT NULL,
-    change_id  bigint      NOT NULL DEFAULT nextval('@extschema@.clip_auto_embed_change_seq'),
-    queued_at  timestamptz NOT NULL DEFAULT clock_timestamp(),  -- when the worker found the change
-    replace    boolean     NOT NULL DEFAULT false,  -- re-embed although the row has a vector (model changed)
-    not_before timestamptz,                         -- after a transient failure: retry from then on
+    relation   pg_catalog.regclass    NOT NULL,
+    row_key    pg_catalog.text        NOT NULL,
+    change_id  pg_catalog.int8        NOT NULL
+        DEFAULT pg_catalog.nextval('@extschema@.clip_auto_embed_change_seq'::pg_catalog.regclass),
+    queued_at  pg_catalog.timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),  -- when the worker found the change
+    replace    pg_catalog.bool        NOT NULL DEFAULT false,  -- re-embed although the row has a vector (model changed)
+    not_before pg_catalog.timestamptz,                         -- after a transient failure: retry from then on
     PRIMARY KEY (relation, row_key)
 );
 -- Fresh changes before model re-embeds, each in change order.
@@ -53,18 +60,34 @@ COMMENT ON TABLE @extschema@.clip_auto_embed_queue IS
 
 -- What the worker did, per batch, for the status view's "embedded in the last minute". An hour is kept.
 CREATE TABLE @extschema@.clip_auto_embed_log (
-    relation    regclass    NOT NULL,
-    finished_at timestamptz NOT NULL DEFAULT clock_timestamp(),
-    embedded    integer     NOT NULL,
-    failed      integer     NOT NULL,
-    seconds     float8      NOT NULL
+    relation    pg_catalog.regclass    NOT NULL,
+    finished_at pg_catalog.timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+    embedded    pg_catalog.int4        NOT NULL,
+    failed      pg_catalog.int4        NOT NULL,
+    seconds     pg_catalog.float8      NOT NULL
 );
 CREATE INDEX clip_auto_embed_log_recent ON @extschema@.clip_auto_embed_log (relation, finished_at);
+
+-- Each role sees and changes the rows of the tables it owns, and no others (as clip_backfill_failures; the
+-- worker and superusers see everything).
+ALTER TABLE @extschema@.clip_auto_embed_tables ENABLE ROW LEVEL SECURITY;
+CREATE POLICY clip_owner ON @extschema@.clip_auto_embed_tables
+    USING (pg_catalog.pg_has_role((SELECT c.relowner FROM pg_catalog.pg_class c
+                                   WHERE c.oid OPERATOR(pg_catalog.=) relation), 'USAGE'));
+ALTER TABLE @extschema@.clip_auto_embed_queue ENABLE ROW LEVEL SECURITY;
+CREATE POLICY clip_owner ON @extschema@.clip_auto_embed_queue
+    USING (pg_catalog.pg_has_role((SELECT c.relowner FROM pg_catalog.pg_class c
+                                   WHERE c.oid OPERATOR(pg_catalog.=) relation), 'USAGE'));
+ALTER TABLE @extschema@.clip_auto_embed_log ENABLE ROW LEVEL SECURITY;
+CREATE POLICY clip_owner ON @extschema@.clip_auto_embed_log
+    USING (pg_catalog.pg_has_role((SELECT c.relowner FROM pg_catalog.pg_class c
+                                   WHERE c.oid OPERATOR(pg_catalog.=) relation), 'USAGE'));
 
 -- A restored dump brings its tables here (pg_restore loads this table's rows): their worker starts at that
 -- COMMIT, so the queue it restored is worked off without waiting for the next change or server start.
 CREATE FUNCTION @extschema@.clip_auto_embed_tables_changed() RETURNS trigger
 LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
 AS $function$
 BEGIN
     PERFORM @extschema@.clip_auto_embed_wake(start_worker => false);
@@ -79,32 +102,70 @@ SELECT pg_catalog.pg_extension_config_dump('@extschema@.clip_auto_embed_queue', 
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.clip_auto_embed_change_seq', '');
 
 -- Queues the rows of target that are pending (a URL and no vector) and neither queued nor given up (a
--- permanent failure, or a transient one retried pg_clip.auto_embed_max_attempts times); returns how many. The
--- worker runs it at every wake-up and at least every pg_clip.auto_embed_naptime: this is how new and changed
--- rows reach the queue. Its WHERE is the partial index's predicate, so it reads only pending rows.
+-- permanent failure of their current URL, or a transient one retried pg_clip.auto_embed_max_attempts times);
+-- returns how many. The worker runs it at every wake-up and at least every pg_clip.auto_embed_naptime: this
+-- is how new and changed rows reach the queue. The rows are read as the table's owner
+-- (clip_backfill_pending_rows, through the table's partial index of pending rows, in key order and in
+-- chunks); their keys and URLs come back as text. On the way, failure records about other photos or rows
+-- that are gone are forgotten, and so are queue entries waiting for a retry whose row wants nothing any more.
 CREATE FUNCTION @extschema@.clip_auto_embed_sweep(target regclass) RETURNS bigint
 LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
 AS $function$
 DECLARE
-    c      @extschema@.clip_auto_embed_tables;
-    queued bigint;
+    c            @extschema@.clip_auto_embed_tables;
+    max_attempts integer := pg_catalog.current_setting('pg_clip.auto_embed_max_attempts')::integer;
+    chunk_size   constant integer := 10000;
+    after        text;
+    keys         text[];
+    urls         text[];
+    n            bigint;
+    queued       bigint := 0;
 BEGIN
+    PERFORM @extschema@.clip_backfill_authorize(target);
     SELECT * INTO c FROM @extschema@.clip_auto_embed_tables t WHERE t.relation = target;
     IF NOT FOUND THEN
         RETURN 0;
     END IF;
-    EXECUTE pg_catalog.format(
-        'WITH q AS (INSERT INTO @extschema@.clip_auto_embed_queue (relation, row_key) '
-        '           SELECT $1, t.%1$I::text FROM %2$s t '
-        '           WHERE t.%3$I IS NOT NULL AND t.%4$I IS NULL '
-        '             AND NOT EXISTS (SELECT 1 FROM @extschema@.clip_backfill_failures f '
-        '                             WHERE f.relation = $1 AND f.row_key = t.%1$I::text '
-        '                               AND (f.permanent OR f.attempts >= $2)) '
-        '           ON CONFLICT (relation, row_key) DO NOTHING RETURNING 1) '
-        'SELECT count(*) FROM q',
-        c.key_column, target, c.url_column, c.vector_column)
-        INTO queued USING target, pg_catalog.current_setting('pg_clip.auto_embed_max_attempts')::integer;
-    UPDATE @extschema@.clip_auto_embed_tables t SET last_sweep_at = clock_timestamp() WHERE t.relation = target;
+    PERFORM @extschema@.clip_backfill_forget_stale(target, c.url_column, c.vector_column, c.key_column);
+    LOOP
+        SELECT pg_catalog.array_agg(p.row_key ORDER BY p.ord), pg_catalog.array_agg(p.url ORDER BY p.ord)
+          INTO keys, urls
+          FROM @extschema@.clip_backfill_pending_rows(target, c.url_column, c.vector_column, c.key_column, after,
+                                                      chunk_size) WITH ORDINALITY AS p(row_key, url, ord);
+        EXIT WHEN keys IS NULL;
+        after := keys[pg_catalog.cardinality(keys)];
+        WITH q AS (
+            INSERT INTO @extschema@.clip_auto_embed_queue (relation, row_key)
+            SELECT target, o.k FROM ROWS FROM (pg_catalog.unnest(keys), pg_catalog.unnest(urls)) WITH ORDINALITY AS o(k, u, n)
+            WHERE NOT EXISTS (SELECT 1 FROM @extschema@.clip_backfill_failures f
+                              WHERE f.relation = target AND f.row_key = o.k
+                                AND (f.url_sha256 IS NULL OR f.url_sha256 = @extschema@.clip_backfill_url_sha256(o.u))
+                                AND (f.permanent OR f.attempts >= max_attempts))
+            ORDER BY o.n  -- change ids in key order, whatever the plan
+            ON CONFLICT ON CONSTRAINT clip_auto_embed_queue_pkey DO NOTHING
+            RETURNING 1)
+        SELECT count(*) INTO n FROM q;
+        queued := queued + n;
+        EXIT WHEN pg_catalog.cardinality(keys) < chunk_size;
+    END LOOP;
+    -- Entries waiting for a retry (after a transient failure: up to retry_delay x 4^(attempts - 1)) whose row
+    -- is gone or wants nothing any more leave now, not when they come due: the status view counts them.
+    SELECT pg_catalog.array_agg(q.row_key) INTO keys
+      FROM (SELECT q.row_key FROM @extschema@.clip_auto_embed_queue q
+             WHERE q.relation = target AND q.not_before > pg_catalog.clock_timestamp()
+             ORDER BY q.not_before LIMIT 1000) q;
+    IF keys IS NOT NULL THEN
+        WITH s AS MATERIALIZED (
+            SELECT * FROM @extschema@.clip_backfill_row_states(target, c.url_column, c.vector_column, c.key_column,
+                                                               keys, @extschema@.clip_backfill_model_version()))
+        DELETE FROM @extschema@.clip_auto_embed_queue q
+         WHERE q.relation = target AND q.row_key = ANY (keys)
+           AND NOT EXISTS (SELECT 1 FROM s WHERE s.row_key = q.row_key AND s.url IS NOT NULL
+                             AND (NOT s.has_vector OR (q.replace AND s.other_version)));
+    END IF;
+    UPDATE @extschema@.clip_auto_embed_tables t SET last_sweep_at = pg_catalog.clock_timestamp()
+     WHERE t.relation = target;
     RETURN queued;
 END
 $function$;
@@ -112,10 +173,12 @@ $function$;
 -- The triggers clip_auto_embed installs (quietly: DROP TRIGGER IF EXISTS would NOTICE each one missing).
 CREATE FUNCTION @extschema@.clip_auto_embed_drop_triggers(target regclass) RETURNS void
 LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
 AS $function$
 DECLARE
     trigger name;
 BEGIN
+    PERFORM @extschema@.clip_backfill_authorize(target);
     FOR trigger IN SELECT t.tgname FROM pg_catalog.pg_trigger t
                    WHERE t.tgrelid = target AND t.tgname IN ('zz_clip_auto_embed_insert', 'zz_clip_auto_embed_url') LOOP
         EXECUTE pg_catalog.format('DROP TRIGGER %I ON %s', trigger, target);
@@ -130,10 +193,10 @@ CREATE FUNCTION @extschema@.clip_auto_embed(
     key_column    name DEFAULT NULL)  -- default: the table's single-column primary key
 RETURNS bigint                        -- rows queued now: those with a URL and no vector yet
 LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
 AS $function$
 DECLARE
     d           record;
-    owner       oid;
     kind        "char";
     relname     name;
     schema_name name;
@@ -147,7 +210,7 @@ BEGIN
     -- Refuses (55000) unless the library is preloaded, which the worker needs; at COMMIT, starts this
     -- database's worker if it is not running.
     PERFORM @extschema@.clip_auto_embed_wake(start_worker => true);
-    SELECT c.relowner, c.relkind, c.relname, n.nspname INTO owner, kind, relname, schema_name
+    SELECT c.relkind, c.relname, n.nspname INTO kind, relname, schema_name
       FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = target;
     IF kind = 'p' THEN
         RAISE EXCEPTION 'pg_clip: % is a partitioned table', target USING ERRCODE = '0A000',
@@ -155,7 +218,7 @@ BEGIN
     ELSIF kind IS DISTINCT FROM 'r' THEN
         RAISE EXCEPTION 'pg_clip: % is not a table', target USING ERRCODE = '42809';
     END IF;
-    IF NOT pg_catalog.pg_has_role(owner, 'USAGE') THEN
+    IF NOT pg_catalog.pg_has_role((SELECT c.relowner FROM pg_catalog.pg_class c WHERE c.oid = target), 'USAGE') THEN
         RAISE EXCEPTION 'pg_clip: must be owner of table % to embed it automatically', target
             USING ERRCODE = '42501';
     END IF;
@@ -168,17 +231,13 @@ BEGIN
         RAISE EXCEPTION 'pg_clip: key column % of table % is not unique', pg_catalog.quote_ident(d.key_name), target
             USING ERRCODE = '42P10', HINT = 'Name a column with a unique index, e.g. the primary key.';
     END IF;
-    -- The worker writes the vectors with the table owner's privileges, as a CALL clip_backfill by the owner
-    -- would: the owner needs the URL functions.
-    IF NOT pg_catalog.has_function_privilege(owner, '@extschema@.clip_embed_urls(text[], integer, text[])', 'EXECUTE') THEN
-        RAISE EXCEPTION 'pg_clip: the owner of table % (%) may not run clip_embed_urls', target, owner::regrole
-            USING ERRCODE = '42501',
-                  HINT = pg_catalog.format('GRANT EXECUTE ON FUNCTION clip_embed_urls(text[], integer, text[]) TO %I;',
-                                           owner::regrole);
-    END IF;
+    -- The worker reads and writes the table as its owner (src/backfill/as_owner.rs), as a CALL clip_backfill
+    -- by the owner would: the owner needs the URL functions.
+    PERFORM @extschema@.clip_backfill_authorize(target, with_urls => true);
 
     -- The partial index of pending rows, (re)made when the columns change: the worker's look for work reads
-    -- it, so that the writers' INSERTs need to do nothing but wake the worker.
+    -- it, so that the writers' INSERTs need to do nothing but wake the worker. (CREATE INDEX evaluates
+    -- the predicate as the table's owner, in a security-restricted operation, as PostgreSQL always does.)
     SELECT * INTO previous FROM @extschema@.clip_auto_embed_tables t WHERE t.relation = target;
     index_name := left(relname, 30) || '_clip_auto_embed_pending';
     IF previous.pending_index IS NOT NULL AND (previous.pending_index <> index_name
@@ -205,12 +264,12 @@ BEGIN
         'CREATE TRIGGER zz_clip_auto_embed_insert AFTER INSERT ON %s FOR EACH STATEMENT '
         'EXECUTE FUNCTION @extschema@.clip_auto_embed_inserted()',
         target);
-    -- (The WHEN compares URLs only, text with text; whether the vector was written too is for the function to
-    -- tell: a comparison of vectors here would need pgvector's = operator, which pg_dump cannot qualify in a
-    -- trigger's WHEN.)
+    -- (The WHEN compares URLs only, text with text, with pg_catalog's operator; whether the vector was
+    -- written too is for the function to tell: a comparison of vectors here would need pgvector's = operator,
+    -- which pg_dump cannot qualify in a trigger's WHEN.)
     EXECUTE pg_catalog.format(
         'CREATE TRIGGER zz_clip_auto_embed_url BEFORE UPDATE OF %2$I ON %1$s FOR EACH ROW '
-        'WHEN (OLD.%2$I::text IS DISTINCT FROM NEW.%2$I::text) '
+        'WHEN (OLD.%2$I::pg_catalog.text IS DISTINCT FROM NEW.%2$I::pg_catalog.text) '
         'EXECUTE FUNCTION @extschema@.clip_auto_embed_url_changed(%3$L, %4$L, %5$L)',
         target, url_column, vector_column, d.key_name,
         CASE WHEN d.has_version THEN 'model_version' ELSE '' END);
@@ -223,18 +282,16 @@ $function$;
 
 CREATE FUNCTION @extschema@.clip_auto_embed_stop(target regclass) RETURNS boolean
 LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
 AS $function$
 DECLARE
-    owner       oid;
     schema_name name;
     index_name  name;
     was_on      boolean;
 BEGIN
-    SELECT c.relowner, n.nspname INTO owner, schema_name
+    PERFORM @extschema@.clip_backfill_authorize(target);
+    SELECT n.nspname INTO schema_name
       FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = target;
-    IF NOT pg_catalog.pg_has_role(owner, 'USAGE') THEN
-        RAISE EXCEPTION 'pg_clip: must be owner of table %', target USING ERRCODE = '42501';
-    END IF;
     DELETE FROM @extschema@.clip_auto_embed_tables t WHERE t.relation = target RETURNING t.pending_index INTO index_name;
     was_on := FOUND;
     IF index_name IS NOT NULL THEN
@@ -253,8 +310,10 @@ $function$;
 -- bulk load or while the photo host is down.
 CREATE FUNCTION @extschema@.clip_auto_embed_pause(target regclass, paused boolean DEFAULT true) RETURNS boolean
 LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
 AS $function$
 BEGIN
+    PERFORM @extschema@.clip_backfill_authorize(target);
     UPDATE @extschema@.clip_auto_embed_tables t SET paused = clip_auto_embed_pause.paused
      WHERE t.relation = target;
     IF NOT FOUND THEN
@@ -270,10 +329,12 @@ $function$;
 -- the queue, with their attempts counted from zero. Returns how many.
 CREATE FUNCTION @extschema@.clip_auto_embed_retry(target regclass) RETURNS bigint
 LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
 AS $function$
 DECLARE
     queued bigint;
 BEGIN
+    PERFORM @extschema@.clip_backfill_authorize(target);
     IF NOT EXISTS (SELECT 1 FROM @extschema@.clip_auto_embed_tables t WHERE t.relation = target) THEN
         RAISE EXCEPTION 'pg_clip: % is not embedded automatically', target USING ERRCODE = '55000',
             HINT = 'Turn it on with clip_auto_embed(), or run CALL clip_backfill(..., retry_failed => true).';
@@ -281,7 +342,7 @@ BEGIN
     WITH f AS (DELETE FROM @extschema@.clip_backfill_failures f WHERE f.relation = target RETURNING f.row_key),
          q AS (INSERT INTO @extschema@.clip_auto_embed_queue (relation, row_key)
                SELECT target, f.row_key FROM f
-               ON CONFLICT (relation, row_key) DO UPDATE SET not_before = NULL
+               ON CONFLICT ON CONSTRAINT clip_auto_embed_queue_pkey DO UPDATE SET not_before = NULL
                RETURNING 1)
     SELECT count(*) INTO queued FROM q;
     PERFORM @extschema@.clip_auto_embed_wake(start_worker => false);
@@ -291,17 +352,24 @@ $function$;
 
 -- After a model change: queues the rows whose model_version is not the model in force (nor one of
 -- keep_versions), to be re-embedded in the background. Their old vectors keep serving search until each is
--- replaced; fresh changes go first. Returns how many.
+-- replaced; fresh changes go first. The rows are read as the table's owner (clip_backfill_outdated_rows),
+-- in chunks. Returns how many.
 CREATE FUNCTION @extschema@.clip_auto_embed_requeue(target regclass, keep_versions text[] DEFAULT '{}')
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
 AS $function$
 DECLARE
-    c       @extschema@.clip_auto_embed_tables;
-    d       record;
-    version text := @extschema@.clip_backfill_model_version();
-    queued  bigint;
+    c          @extschema@.clip_auto_embed_tables;
+    d          record;
+    version    text := @extschema@.clip_backfill_model_version();
+    chunk_size constant integer := 10000;
+    after      text;
+    keys       text[];
+    n          bigint;
+    queued     bigint := 0;
 BEGIN
+    PERFORM @extschema@.clip_backfill_authorize(target);
     SELECT * INTO c FROM @extschema@.clip_auto_embed_tables t WHERE t.relation = target;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'pg_clip: % is not embedded automatically', target USING ERRCODE = '55000',
@@ -312,16 +380,20 @@ BEGIN
         RAISE EXCEPTION 'pg_clip: table % has no model_version column', target USING ERRCODE = '42703',
             HINT = 'Without it pg_clip cannot tell which model made a vector.';
     END IF;
-    EXECUTE pg_catalog.format(
-        'WITH q AS (INSERT INTO @extschema@.clip_auto_embed_queue (relation, row_key, replace) '
-        '           SELECT $1, t.%1$I::text, true FROM %2$s t '
-        '           WHERE t.%3$I IS NOT NULL AND t.%4$I IS NOT NULL '
-        '             AND t.model_version IS DISTINCT FROM $2 '
-        '             AND NOT coalesce(t.model_version = ANY ($3), false) '
-        '           ON CONFLICT (relation, row_key) DO NOTHING RETURNING 1) '
-        'SELECT count(*) FROM q',
-        c.key_column, target, c.url_column, c.vector_column)
-        INTO queued USING target, version, coalesce(keep_versions, '{}');
+    LOOP
+        SELECT pg_catalog.array_agg(p.row_key ORDER BY p.ord) INTO keys
+          FROM @extschema@.clip_backfill_outdated_rows(target, c.url_column, c.vector_column, c.key_column, version,
+                                                       coalesce(keep_versions, '{}'), after, chunk_size)
+               WITH ORDINALITY AS p(row_key, url, ord);
+        EXIT WHEN keys IS NULL;
+        after := keys[pg_catalog.cardinality(keys)];
+        WITH q AS (INSERT INTO @extschema@.clip_auto_embed_queue (relation, row_key, replace)
+                   SELECT target, k, true FROM pg_catalog.unnest(keys) WITH ORDINALITY AS u(k, n) ORDER BY u.n
+                   ON CONFLICT ON CONSTRAINT clip_auto_embed_queue_pkey DO NOTHING RETURNING 1)
+        SELECT count(*) INTO n FROM q;
+        queued := queued + n;
+        EXIT WHEN pg_catalog.cardinality(keys) < chunk_size;
+    END LOOP;
     PERFORM @extschema@.clip_auto_embed_wake(start_worker => false);
     RETURN queued;
 END
@@ -330,7 +402,8 @@ $function$;
 -- The worker's step 1: up to batch_size due entries of target, fresh changes first, oldest first, skipping
 -- the keys of the batch the worker has in hand; each claimed (a row CALL clip_backfill holds is left for
 -- now). Entries with nothing left to do (the row is gone, has no URL, or already has a vector, unless it is
--- a re-embed for a model change) are settled on the way.
+-- a re-embed for a model change) are settled on the way. The rows are read as the table's owner
+-- (clip_backfill_row_states).
 CREATE FUNCTION @extschema@.clip_auto_embed_pick(
     target     regclass,
     exclude    text[],
@@ -339,32 +412,43 @@ CREATE FUNCTION @extschema@.clip_auto_embed_pick(
     only_keys  text[] DEFAULT NULL) -- just these keys (the worker retrying a failed batch row by row)
 RETURNS TABLE (row_key text, change_id bigint, url text, replace boolean)
 LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
 AS $function$
 DECLARE
-    c @extschema@.clip_auto_embed_tables;
-    d record;
+    c            @extschema@.clip_auto_embed_tables;
+    cand_keys    text[];
+    cand_changes bigint[];
+    cand_replace boolean[];
 BEGIN
     SELECT * INTO STRICT c FROM @extschema@.clip_auto_embed_tables t WHERE t.relation = target;
-    SELECT * INTO d FROM @extschema@.clip_backfill_target(target, c.url_column, c.vector_column, c.key_column);
-    RETURN QUERY EXECUTE pg_catalog.format(
-        'WITH cand AS (SELECT q.row_key, q.change_id, q.replace FROM @extschema@.clip_auto_embed_queue q '
-        '              WHERE q.relation = $1 AND (q.not_before IS NULL OR q.not_before <= clock_timestamp()) '
-        '                AND NOT q.row_key = ANY ($2) AND ($5::text[] IS NULL OR q.row_key = ANY ($5)) '
-        '              ORDER BY q.replace, q.change_id LIMIT $3), '
-        'st AS MATERIALIZED (SELECT cand.row_key, cand.change_id, cand.replace, t.%1$I::text AS url, '
-        '                           coalesce(t.%1$I IS NOT NULL AND (t.%2$I IS NULL OR (cand.replace AND %3$s)), '
-        '                                    false) AS pending '
-        '                    FROM cand LEFT JOIN %4$s t ON t.%5$I = cand.row_key::%6$s), '
-        'settled AS (DELETE FROM @extschema@.clip_auto_embed_queue q USING st '
-        '            WHERE NOT st.pending AND q.relation = $1 AND q.row_key = st.row_key '
-        '              AND q.change_id = st.change_id) '
-        'SELECT st.row_key, st.change_id, st.url, st.replace FROM st '
-        'WHERE st.pending AND pg_catalog.pg_try_advisory_xact_lock($1::oid::int4, pg_catalog.hashtext(st.row_key)) '
-        'ORDER BY st.replace, st.change_id',
-        c.url_column, c.vector_column,
-        CASE WHEN d.has_version THEN 't.model_version IS DISTINCT FROM $4' ELSE 'false' END,
-        target, d.key_name, d.key_type)
-    USING target, coalesce(exclude, '{}'), batch_size, version, only_keys;
+    SELECT pg_catalog.array_agg(q.row_key ORDER BY q.replace, q.change_id),
+           pg_catalog.array_agg(q.change_id ORDER BY q.replace, q.change_id),
+           pg_catalog.array_agg(q.replace ORDER BY q.replace, q.change_id)
+      INTO cand_keys, cand_changes, cand_replace
+      FROM (SELECT q.row_key, q.change_id, q.replace FROM @extschema@.clip_auto_embed_queue q
+             WHERE q.relation = target AND (q.not_before IS NULL OR q.not_before <= pg_catalog.clock_timestamp())
+               AND NOT q.row_key = ANY (coalesce(exclude, '{}')) AND (only_keys IS NULL OR q.row_key = ANY (only_keys))
+             ORDER BY q.replace, q.change_id LIMIT batch_size) q;
+    IF cand_keys IS NULL THEN
+        RETURN;
+    END IF;
+    RETURN QUERY
+    WITH s AS MATERIALIZED (
+        SELECT * FROM @extschema@.clip_backfill_row_states(target, c.url_column, c.vector_column, c.key_column,
+                                                           cand_keys, version)),
+    st AS MATERIALIZED (
+        SELECT o.k, o.ch, o.r, o.ord, s.url,
+               coalesce(s.url IS NOT NULL AND (NOT s.has_vector OR (o.r AND s.other_version)), false) AS pending
+        FROM ROWS FROM (pg_catalog.unnest(cand_keys), pg_catalog.unnest(cand_changes), pg_catalog.unnest(cand_replace))
+             WITH ORDINALITY AS o(k, ch, r, ord)
+        LEFT JOIN s ON s.row_key = o.k),
+    settled AS (DELETE FROM @extschema@.clip_auto_embed_queue q USING st
+                WHERE NOT st.pending AND q.relation = target AND q.row_key = st.k AND q.change_id = st.ch)
+    SELECT st.k, st.ch, st.url, st.r FROM st
+    WHERE CASE WHEN st.pending
+               THEN pg_catalog.pg_try_advisory_xact_lock(target::oid::int4, pg_catalog.hashtext(st.k))
+               ELSE false END
+    ORDER BY st.ord;
 END
 $function$;
 
@@ -372,7 +456,7 @@ $function$;
 -- entry settled unless its row changed again meanwhile (another change_id): embedded rows and permanent
 -- failures leave the queue; a transient failure waits retry_delay x 4^(attempts - 1) and is given up after
 -- max_attempts (it stays in clip_backfill_failures for a person: clip_auto_embed_retry); a skipped row
--- (claimed elsewhere, locked by a user's transaction) is looked at again a second later.
+-- (claimed elsewhere, locked by a user's transaction) is looked at again a second later. Bookkeeping only.
 CREATE FUNCTION @extschema@.clip_auto_embed_settle(
     target       regclass,
     keys         text[],
@@ -388,19 +472,15 @@ CREATE FUNCTION @extschema@.clip_auto_embed_settle(
     seconds      float8)
 RETURNS TABLE (embedded integer, failed integer, retrying integer)
 LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
 AS $function$
-DECLARE
-    c @extschema@.clip_auto_embed_tables;
-    d record;
 BEGIN
-    SELECT * INTO STRICT c FROM @extschema@.clip_auto_embed_tables t WHERE t.relation = target;
-    SELECT * INTO d FROM @extschema@.clip_backfill_target(target, c.url_column, c.vector_column, c.key_column);
     -- One statement: the failure records (with their attempt counts), then the queue. The DELETE and the
     -- UPDATE touch disjoint entries, so that they may share the statement.
     RETURN QUERY
     WITH r AS MATERIALIZED (
-        SELECT * FROM @extschema@.clip_backfill_record(target, c.url_column, d.key_name, d.key_type, keys, urls,
-                                                       outcomes, sqlstates, errors, statuses, transients)),
+        SELECT * FROM @extschema@.clip_backfill_record(target, keys, urls, outcomes, sqlstates, errors, statuses,
+                                                       transients)),
     o AS MATERIALIZED (
         SELECT o.k, o.c, o.oc, coalesce(o.tr, false) AS transient, r.attempts,
                o.oc = 'embedded'
@@ -414,7 +494,7 @@ BEGIN
         WHERE q.relation = target AND q.row_key = o.k AND q.change_id = o.c AND o.done),
     later AS (
         UPDATE @extschema@.clip_auto_embed_queue q
-           SET not_before = clock_timestamp()
+           SET not_before = pg_catalog.clock_timestamp()
                             + CASE WHEN o.oc = 'failed' THEN retry_delay * 4 ^ least(o.attempts - 1, 8)
                                    ELSE interval '1 second' END
           FROM o
@@ -428,44 +508,53 @@ BEGIN
            (count(*) FILTER (WHERE o.oc = 'failed' AND NOT o.done))::integer
     FROM o;
     DELETE FROM @extschema@.clip_auto_embed_log l
-     WHERE l.relation = target AND l.finished_at < clock_timestamp() - interval '1 hour';
+     WHERE l.relation = target AND l.finished_at < pg_catalog.clock_timestamp() - interval '1 hour';
 END
 $function$;
 
--- One row per table that is embedded automatically.
-CREATE VIEW @extschema@.clip_auto_embed_status AS
+-- One row per table that is embedded automatically. security_invoker: read with the rights (and row-level
+-- security) of whoever queries it, so that an owner sees its own tables only. Bound here, schema-qualified.
+CREATE VIEW @extschema@.clip_auto_embed_status WITH (security_invoker = true) AS
 SELECT c.relation,
        c.url_column,
        c.vector_column,
        c.key_column,
        c.paused,
-       coalesce(q.pending, 0) AS pending,                 -- changed rows waiting for a vector
-       round(extract(epoch FROM clock_timestamp() - q.oldest)::numeric, 1) AS lag_seconds,  -- oldest of them
-       coalesce(q.retrying, 0) AS retrying,               -- of those, waiting to retry a transient failure
-       coalesce(q.reembed, 0) AS reembed_pending,         -- rows queued for a new model (clip_auto_embed_requeue)
-       coalesce(l.embedded, 0) AS embedded_last_minute,
-       (SELECT count(*) FROM @extschema@.clip_backfill_failures f WHERE f.relation = c.relation) AS failed,
+       COALESCE(q.pending, 0) AS pending,                 -- changed rows waiting for a vector
+       pg_catalog.round(EXTRACT(epoch FROM pg_catalog.clock_timestamp() OPERATOR(pg_catalog.-) q.oldest), 1)
+           AS lag_seconds,                                -- how long the oldest of them has waited
+       COALESCE(q.retrying, 0) AS retrying,               -- of those, waiting to retry a transient failure
+       COALESCE(q.reembed, 0) AS reembed_pending,         -- rows queued for a new model (clip_auto_embed_requeue)
+       COALESCE(l.embedded, 0) AS embedded_last_minute,
+       (SELECT pg_catalog.count(*) FROM @extschema@.clip_backfill_failures f
+         WHERE f.relation OPERATOR(pg_catalog.=) c.relation) AS failed,
        w.pid AS worker_pid,
        w.state AS worker_state,
        c.last_error,
        c.last_error_at
 FROM @extschema@.clip_auto_embed_tables c
-LEFT JOIN LATERAL (SELECT count(*) FILTER (WHERE NOT q.replace) AS pending,
-                          min(q.queued_at) FILTER (WHERE NOT q.replace) AS oldest,
-                          count(*) FILTER (WHERE q.not_before > clock_timestamp()) AS retrying,
-                          count(*) FILTER (WHERE q.replace) AS reembed
-                   FROM @extschema@.clip_auto_embed_queue q WHERE q.relation = c.relation) q ON true
-LEFT JOIN LATERAL (SELECT sum(l.embedded) AS embedded FROM @extschema@.clip_auto_embed_log l
-                   WHERE l.relation = c.relation AND l.finished_at > clock_timestamp() - interval '1 minute') l ON true
+LEFT JOIN LATERAL (SELECT pg_catalog.count(*) FILTER (WHERE NOT q.replace) AS pending,
+                          pg_catalog.min(q.queued_at) FILTER (WHERE NOT q.replace) AS oldest,
+                          pg_catalog.count(*) FILTER (WHERE q.not_before OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp())
+                              AS retrying,
+                          pg_catalog.count(*) FILTER (WHERE q.replace) AS reembed
+                   FROM @extschema@.clip_auto_embed_queue q
+                   WHERE q.relation OPERATOR(pg_catalog.=) c.relation) q ON true
+LEFT JOIN LATERAL (SELECT pg_catalog.sum(l.embedded) AS embedded FROM @extschema@.clip_auto_embed_log l
+                   WHERE l.relation OPERATOR(pg_catalog.=) c.relation
+                     AND l.finished_at OPERATOR(pg_catalog.>)
+                         (pg_catalog.clock_timestamp() OPERATOR(pg_catalog.-) '1 minute'::pg_catalog.interval)) l ON true
 CROSS JOIN @extschema@.clip_auto_embed_worker() w;
 COMMENT ON VIEW @extschema@.clip_auto_embed_status IS
     'pg_clip: per table embedded automatically: pending rows, lag, rate, failures, the worker';
 
 -- Lets a role embed the tables it owns from their URLs, by CALL clip_backfill and automatically: the URL
--- functions, the procedure, the auto-embed functions, and pg_clip's bookkeeping tables. For a superuser to
--- run once per role (e.g. the application's owner role); REVOKE the same privileges to undo it.
+-- functions, the procedure, the auto-embed functions, and pg_clip's bookkeeping tables, where row-level
+-- security shows it the records of the tables it owns and no others. For a superuser to run once per role
+-- (e.g. the application's owner role); REVOKE the same privileges to undo it.
 CREATE FUNCTION @extschema@.clip_grant_backfill(role regrole) RETURNS void
 LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
 AS $function$
 DECLARE
     object text;
@@ -495,8 +584,9 @@ BEGIN
 END
 $function$;
 
--- Not for every role, like the URL functions they drive (README, "Security"). The status view and the
--- worker function say nothing secret; the view is granted as the backfill's progress view is: not at all.
+-- Not for every role, like the URL functions they drive (README, "Security"). The worker's own steps
+-- (pick, settle) are for the worker, which connects as a superuser. The status view and the worker function
+-- say nothing secret; the view is granted as the backfill's progress view is: not at all.
 REVOKE EXECUTE ON FUNCTION @extschema@.clip_auto_embed(regclass, name, name, name) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION @extschema@.clip_auto_embed_stop(regclass) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION @extschema@.clip_auto_embed_pause(regclass, boolean) FROM PUBLIC;

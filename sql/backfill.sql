@@ -3,22 +3,36 @@
 -- last one stopped. Failures are recorded with their reason in clip_backfill_failures; progress goes to
 -- NOTICE lines and to clip_backfill_progress, which other sessions can query while a run goes on.
 --
--- PL/pgSQL because a procedure's COMMIT between batches is what makes progress durable; the work itself
--- (downloads, decoding, inference) happens in clip_embed_urls. No SET clause on the procedure (it would
--- forbid COMMIT): our own objects are schema-qualified with @extschema@ instead, and identifiers supplied
--- by the caller go through format('%I') or regclass output, never string concatenation.
+-- Security (README, "Security notes"). Two kinds of statement, never mixed:
+--   * statements on the user's table (which evaluate types, casts, operators, triggers, policies the table's
+--     owner controls) run only in src/backfill/as_owner.rs, always as the table's owner inside a
+--     security-restricted operation: clip_backfill_pending_rows, _count_pending, _outdated_rows, _row_states,
+--     _apply. They return text, booleans and bytea;
+--   * everything here is bookkeeping on pg_clip's own tables, with built-in types only, as the caller (the
+--     auto-embed worker, a superuser; or an owner granted with clip_grant_backfill, whom row-level security
+--     limits to the records of the tables it owns).
+-- Every function here runs with search_path = pg_catalog, pg_temp (its SET clause), names pg_clip's objects
+-- with @extschema@, and so resolves nothing through the caller's search_path. The procedure cannot have a
+-- SET clause (it would forbid COMMIT): it pins the same search_path itself at the start of each of its
+-- transactions. Expressions bound when this script runs (defaults, checks, views, policies) are
+-- schema-qualified, operators included, since the script's own search_path contains the extension's schema.
 
--- One row per table row the backfill could not embed. Rows leave it when a later run embeds them.
+-- One row per table row the backfill could not embed. Rows leave it when a later run embeds them, and when
+-- the row is gone or its URL changed (the record was about another photo: see clip_backfill_forget_stale).
 CREATE TABLE @extschema@.clip_backfill_failures (
-    relation        regclass    NOT NULL,
-    row_key         text        NOT NULL,  -- the key column's value, as text
-    sqlstate        text        NOT NULL,
-    error           text        NOT NULL,  -- the message, naming the URL (without its query string)
-    http_status     integer,               -- the last HTTP status received, if any
-    permanent       boolean     NOT NULL,  -- not retried unless CALL clip_backfill(..., retry_failed => true)
-    attempts        integer     NOT NULL DEFAULT 1,  -- backfill runs that tried this row
-    first_failed_at timestamptz NOT NULL DEFAULT now(),
-    last_failed_at  timestamptz NOT NULL DEFAULT now(),
+    relation        pg_catalog.regclass    NOT NULL,
+    row_key         pg_catalog.text        NOT NULL,  -- the key column's value, as text
+    sqlstate        pg_catalog.text        NOT NULL,
+    error           pg_catalog.text        NOT NULL,  -- the message, naming the URL (without its query string)
+    http_status     pg_catalog.int4,                  -- the last HTTP status received, if any
+    permanent       pg_catalog.bool        NOT NULL,  -- not retried unless CALL clip_backfill(..., retry_failed => true)
+    attempts        pg_catalog.int4        NOT NULL DEFAULT 1,  -- backfill runs that tried this row
+    first_failed_at pg_catalog.timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    last_failed_at  pg_catalog.timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    -- Which photo failed: the SHA-256 of its URL (not the URL: a presigned URL's signature is a secret). A
+    -- record applies to its row only while the row has that URL, so a changed URL needs no one to delete
+    -- the old record first. NULL in records made before 0.3.0: taken to be the row's current URL.
+    url_sha256      pg_catalog.bytea,
     PRIMARY KEY (relation, row_key)
 );
 COMMENT ON TABLE @extschema@.clip_backfill_failures IS
@@ -27,17 +41,18 @@ COMMENT ON TABLE @extschema@.clip_backfill_failures IS
 -- One row per CALL; the view below derives rate, ETA and whether a run died.
 CREATE TABLE @extschema@.clip_backfill_runs (
     run_id        bigserial   PRIMARY KEY,
-    relation      regclass    NOT NULL,
-    pid           integer     NOT NULL DEFAULT pg_backend_pid(),
-    started_at    timestamptz NOT NULL DEFAULT clock_timestamp(),
-    updated_at    timestamptz NOT NULL DEFAULT clock_timestamp(),
-    finished_at   timestamptz,
-    state         text        NOT NULL DEFAULT 'running' CHECK (state IN ('running', 'finished', 'interrupted')),
-    total         bigint      NOT NULL,  -- rows to do when the run started
-    done          bigint      NOT NULL DEFAULT 0,
-    failed        bigint      NOT NULL DEFAULT 0,
-    batches       integer     NOT NULL DEFAULT 0,
-    model_version text
+    relation      pg_catalog.regclass    NOT NULL,
+    pid           pg_catalog.int4        NOT NULL DEFAULT pg_catalog.pg_backend_pid(),
+    started_at    pg_catalog.timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+    updated_at    pg_catalog.timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+    finished_at   pg_catalog.timestamptz,
+    state         pg_catalog.text        NOT NULL DEFAULT 'running'
+        CHECK (state OPERATOR(pg_catalog.=) ANY (ARRAY['running', 'finished', 'interrupted']::pg_catalog.text[])),
+    total         pg_catalog.int8        NOT NULL,  -- rows to do when the run started
+    done          pg_catalog.int8        NOT NULL DEFAULT 0,
+    failed        pg_catalog.int8        NOT NULL DEFAULT 0,
+    batches       pg_catalog.int4        NOT NULL DEFAULT 0,
+    model_version pg_catalog.text
 );
 
 -- pg_dump keeps what the backfill learnt (the failures and the run history) with the extension.
@@ -45,15 +60,29 @@ SELECT pg_catalog.pg_extension_config_dump('@extschema@.clip_backfill_failures',
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.clip_backfill_runs', '');
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.clip_backfill_runs_run_id_seq', '');
 
-CREATE VIEW @extschema@.clip_backfill_progress AS
+-- Each role sees and changes the records of the tables it owns (is a member of the owner's role), and no
+-- others; a superuser (and the auto-embed worker, which connects as one) sees everything. A record of a table
+-- that was dropped belongs to no one but a superuser. The policy is bound here, schema-qualified, and reads
+-- only the catalog.
+ALTER TABLE @extschema@.clip_backfill_failures ENABLE ROW LEVEL SECURITY;
+CREATE POLICY clip_owner ON @extschema@.clip_backfill_failures
+    USING (pg_catalog.pg_has_role((SELECT c.relowner FROM pg_catalog.pg_class c
+                                   WHERE c.oid OPERATOR(pg_catalog.=) relation), 'USAGE'));
+ALTER TABLE @extschema@.clip_backfill_runs ENABLE ROW LEVEL SECURITY;
+CREATE POLICY clip_owner ON @extschema@.clip_backfill_runs
+    USING (pg_catalog.pg_has_role((SELECT c.relowner FROM pg_catalog.pg_class c
+                                   WHERE c.oid OPERATOR(pg_catalog.=) relation), 'USAGE'));
+
+-- security_invoker: the view reads the table with the rights (and row-level security) of whoever queries it.
+CREATE VIEW @extschema@.clip_backfill_progress WITH (security_invoker = true) AS
 SELECT r.run_id,
        r.relation,
        r.pid,
-       CASE WHEN r.state = 'running'
+       CASE WHEN r.state OPERATOR(pg_catalog.=) 'running'
                  AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity a
-                                 WHERE a.pid = r.pid
-                                   AND (a.backend_start IS NULL OR a.backend_start <= r.started_at)
-                                   AND a.state IS DISTINCT FROM 'idle')
+                                 WHERE a.pid OPERATOR(pg_catalog.=) r.pid
+                                   AND (a.backend_start IS NULL OR a.backend_start OPERATOR(pg_catalog.<=) r.started_at)
+                                   AND (a.state IS NULL OR a.state OPERATOR(pg_catalog.<>) 'idle'))
             THEN 'interrupted' ELSE r.state END AS state,
        r.started_at,
        r.updated_at,
@@ -61,12 +90,17 @@ SELECT r.run_id,
        r.batches,
        r.done,
        r.failed,
-       greatest(r.total - r.done - r.failed, 0) AS remaining,
-       round(((r.done + r.failed) / nullif(extract(epoch FROM r.updated_at - r.started_at), 0))::numeric, 2)
-           AS images_per_second,
-       CASE WHEN r.state = 'running' AND r.done + r.failed > 0
-            THEN date_trunc('second', (r.updated_at - r.started_at)
-                                      * (greatest(r.total - r.done - r.failed, 0)::float8 / (r.done + r.failed)))
+       GREATEST(r.total OPERATOR(pg_catalog.-) r.done OPERATOR(pg_catalog.-) r.failed, 0) AS remaining,
+       CASE WHEN r.updated_at OPERATOR(pg_catalog.>) r.started_at
+            THEN pg_catalog.round((r.done OPERATOR(pg_catalog.+) r.failed)::pg_catalog.numeric
+                                  OPERATOR(pg_catalog./)
+                                  EXTRACT(epoch FROM r.updated_at OPERATOR(pg_catalog.-) r.started_at), 2)
+       END AS images_per_second,
+       CASE WHEN r.state OPERATOR(pg_catalog.=) 'running' AND r.done OPERATOR(pg_catalog.+) r.failed OPERATOR(pg_catalog.>) 0
+            THEN pg_catalog.date_trunc('second', (r.updated_at OPERATOR(pg_catalog.-) r.started_at)
+                      OPERATOR(pg_catalog.*)
+                      (GREATEST(r.total OPERATOR(pg_catalog.-) r.done OPERATOR(pg_catalog.-) r.failed, 0)::pg_catalog.float8
+                       OPERATOR(pg_catalog./) (r.done OPERATOR(pg_catalog.+) r.failed)::pg_catalog.float8))
        END AS eta,
        r.model_version
 FROM @extschema@.clip_backfill_runs r;
@@ -74,11 +108,12 @@ COMMENT ON VIEW @extschema@.clip_backfill_progress IS
     'pg_clip: clip_backfill runs, the current one included: done, failed, remaining, rate and ETA';
 
 -- The engine. Two callers share it: CALL clip_backfill below, and the auto-embed worker
--- (sql/auto_embed.sql, src/backfill/worker.rs). A batch is three steps, each a function here:
+-- (sql/auto_embed.sql, src/backfill/worker.rs). A batch is three steps:
 --   1. pick rows and claim them (each caller picks from its own source: the table's NULL vectors in key
---      order, or the auto-embed queue);
---   2. clip_backfill_apply: download and embed the batch's photos (while the next batch downloads) and write
---      the vectors, only where the row still has the URL that was fetched and no vector yet;
+--      order, clip_backfill_pick; or the auto-embed queue, clip_auto_embed_pick);
+--   2. clip_backfill_apply (src/backfill/as_owner.rs): claim, download and embed the batch's photos (while
+--      the next batch downloads) and write the vectors, only where the row still has the URL that was fetched
+--      and no vector yet, as the table's owner;
 --   3. clip_backfill_record: failures in, fixed rows out of clip_backfill_failures.
 -- All three run in the caller's transaction; the caller commits per batch.
 --
@@ -87,7 +122,7 @@ COMMENT ON VIEW @extschema@.clip_backfill_progress IS
 -- COMMIT or on any error, so nothing stays claimed by a session that went away or a batch that failed.
 
 -- The table's key column (default: its single-column primary key) and whether it has a model_version
--- column; every check on the caller's names, with a SQLSTATE each.
+-- column; every check on the caller's names, with a SQLSTATE each. Reads the catalogs only.
 CREATE FUNCTION @extschema@.clip_backfill_target(
     target        regclass,
     url_column    name,
@@ -97,6 +132,7 @@ CREATE FUNCTION @extschema@.clip_backfill_target(
     OUT key_type    text,
     OUT has_version boolean)
 LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
 AS $function$
 DECLARE
     columns      name[];
@@ -121,11 +157,12 @@ BEGIN
         END IF;
     END IF;
 
-    -- The columns: present, and of sensible types (read from the catalogue once).
+    -- The columns: present, and of sensible types (read from the catalogue once). key_type is for
+    -- messages: the statements on the table name the type by its OID (src/backfill/as_owner.rs).
     SELECT pg_catalog.array_agg(a.attname),
            max(t.typname) FILTER (WHERE a.attname = vector_column),
-           max(a.atttypid::regtype::text) FILTER (WHERE a.attname = key_name),
-           max(a.atttypid::regtype::text) FILTER (WHERE a.attname = 'model_version')
+           max(pg_catalog.format_type(a.atttypid, NULL)) FILTER (WHERE a.attname = key_name),
+           max(pg_catalog.format_type(a.atttypid, NULL)) FILTER (WHERE a.attname = 'model_version')
       INTO columns, vector_type, key_type, version_type
       FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
      WHERE a.attrelid = target AND a.attnum > 0 AND NOT a.attisdropped;
@@ -147,94 +184,98 @@ BEGIN
 END
 $function$;
 
+-- Whether the current user may act on target as its owner (is a member of the owner's role; a superuser
+-- is), and, for the work that downloads (with_urls), whether the owner may run clip_embed_urls, as
+-- clip_backfill_apply will as the owner. Raises 42501 with a HINT otherwise; nothing else is done first.
+CREATE FUNCTION @extschema@.clip_backfill_authorize(target regclass, with_urls boolean DEFAULT false)
+RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $function$
+DECLARE
+    owner oid;
+BEGIN
+    SELECT c.relowner INTO owner FROM pg_catalog.pg_class c WHERE c.oid = target;
+    IF owner IS NULL THEN
+        RAISE EXCEPTION 'pg_clip: relation % does not exist', target USING ERRCODE = '42P01';
+    END IF;
+    IF NOT pg_catalog.pg_has_role(owner, 'USAGE') THEN
+        RAISE EXCEPTION 'pg_clip: must be owner of table %', target USING ERRCODE = '42501',
+            HINT = 'pg_clip acts on a table as its owner: run this as the owner, or as a member of its role.';
+    END IF;
+    IF with_urls AND NOT pg_catalog.has_function_privilege(
+            owner, '@extschema@.clip_embed_urls(pg_catalog.text[], pg_catalog.int4, pg_catalog.text[])', 'EXECUTE') THEN
+        RAISE EXCEPTION 'pg_clip: the owner of table % (%) may not run clip_embed_urls', target, owner::regrole
+            USING ERRCODE = '42501',
+                  HINT = pg_catalog.format('GRANT EXECUTE ON FUNCTION clip_embed_urls(text[], integer, text[]) TO %I;',
+                                           owner::regrole);
+    END IF;
+END
+$function$;
+
 -- What made the vectors, as written to a model_version column: the model, the precision, and the start of
 -- the ONNX file's SHA-256 (two checkpoints exported under one name differ there).
 CREATE FUNCTION @extschema@.clip_backfill_model_version() RETURNS text
 LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
 AS $function$
     SELECT i.model_version || ' ' || i.precision || ' ' || left(i.image_model_sha256, 12)
       FROM @extschema@.clip_model_info() i
 $function$;
 
--- Step 2: embed the batch and write the vectors. keys/urls: the batch; replace: per row, whether a row that
--- has a vector made by another model may be overwritten (the auto-embed re-queue after a model change);
--- prefetch: the next batch's URLs, whose downloads start now. One row out per claimed key:
---   embedded  the vector was written;
---   failed    the photo could not be embedded (sqlstate, error, http_status, transient say why);
---   skipped   nothing written: the row changed meanwhile (another URL, a vector, or gone), or, with
---             skip_locked, another transaction holds it (the auto-embed worker never waits for a user's
---             transaction). Keys another caller had claimed come out as skipped too.
--- Runs with the privileges of its caller, who must be allowed to run clip_embed_urls and to UPDATE target.
-CREATE FUNCTION @extschema@.clip_backfill_apply(
+-- The SHA-256 of a URL, as clip_backfill_failures.url_sha256 keeps it.
+CREATE FUNCTION @extschema@.clip_backfill_url_sha256(url text) RETURNS bytea
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $function$ SELECT pg_catalog.sha256(pg_catalog.textsend(url)) $function$;
+
+-- Step 1 for CALL clip_backfill: the next rows to do after after_key (a URL, no vector, no permanent
+-- failure of their current URL on record unless retry_failed), in key order, at most batch_size; each
+-- claimed (a row the auto-embed worker holds is left to it). The rows are read as the table's owner
+-- (clip_backfill_pending_rows); keys and URLs come back as text. Returns the claimed keys and URLs, and
+-- the last key looked at (NULL: nothing left).
+CREATE FUNCTION @extschema@.clip_backfill_pick(
     target        regclass,
     url_column    name,
     vector_column name,
-    key_name      name,
-    key_type      text,
-    has_version   boolean,
-    keys          text[],
-    urls          text[],
-    prefetch      text[],
-    concurrency   integer,
-    version       text,
-    replace       boolean[] DEFAULT NULL,
-    skip_locked   boolean DEFAULT false)
-RETURNS TABLE (row_key text, url text, outcome text, sqlstate text, error text, http_status integer,
-               transient boolean)
+    key_column    name,
+    after_key     text,
+    retry_failed  boolean,
+    batch_size    bigint,
+    OUT keys      text[],
+    OUT urls      text[],
+    OUT last_key  text)
 LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
 AS $function$
-DECLARE
-    claimed_keys    text[];
-    claimed_urls    text[];
-    claimed_replace boolean[];
 BEGIN
-    SELECT coalesce(pg_catalog.array_agg(b.k ORDER BY b.o), '{}'),
-           coalesce(pg_catalog.array_agg(b.u ORDER BY b.o), '{}'),
-           coalesce(pg_catalog.array_agg(coalesce(b.r, false) ORDER BY b.o), '{}')
-      INTO claimed_keys, claimed_urls, claimed_replace
-      FROM ROWS FROM (pg_catalog.unnest(keys), pg_catalog.unnest(urls), pg_catalog.unnest(replace)) WITH ORDINALITY AS b(k, u, r, o)
-     WHERE b.k IS NOT NULL
-       AND pg_catalog.pg_try_advisory_xact_lock(target::oid::int4, pg_catalog.hashtext(b.k));
-
-    RETURN QUERY
-    SELECT k, NULL::text, 'skipped', NULL::text, NULL::text, NULL::integer, NULL::boolean
-      FROM pg_catalog.unnest(keys) AS k
-     WHERE k IS NOT NULL AND NOT k = ANY (claimed_keys);
-
-    -- One statement: the embeddings (materialized once), the rows that may take them, locked in key order
-    -- (conditions checked again on the newest row version by the lock), the UPDATE, and each key's outcome.
-    RETURN QUERY EXECUTE pg_catalog.format(
-        'WITH e AS MATERIALIZED ('
-        '    SELECT ($1::text[])[x.ord] AS k, ($2::text[])[x.ord] AS u, ($3::boolean[])[x.ord] AS r, '
-        '           x.embedding, x.sqlstate, x.error, x.http_status, x.transient '
-        '    FROM @extschema@.clip_embed_urls($2, $4, $5) x), '
-        'w AS (SELECT t.%1$I AS key FROM %2$s t JOIN e ON t.%1$I = e.k::%3$s '
-        '      WHERE e.embedding IS NOT NULL AND t.%4$I::text = e.u AND (t.%5$I IS NULL OR (e.r AND %6$s)) '
-        '      ORDER BY t.%1$I FOR NO KEY UPDATE OF t %7$s), '
-        'ok AS (UPDATE %2$s t SET %5$I = e.embedding %8$s FROM e JOIN w ON w.key = e.k::%3$s '
-        '       WHERE t.%1$I = w.key AND t.%4$I::text = e.u AND (t.%5$I IS NULL OR (e.r AND %6$s)) '
-        '       RETURNING e.k) '
-        'SELECT e.k, e.u, CASE WHEN e.embedding IS NULL THEN ''failed'' '
-        '                      WHEN ok.k IS NULL THEN ''skipped'' ELSE ''embedded'' END, '
-        '       e.sqlstate, e.error, e.http_status, e.transient '
-        'FROM e LEFT JOIN ok ON ok.k = e.k',
-        key_name, target, key_type, url_column, vector_column,
-        CASE WHEN has_version THEN 't.model_version IS DISTINCT FROM $6' ELSE 'false' END,
-        CASE WHEN skip_locked THEN 'SKIP LOCKED' ELSE '' END,
-        CASE WHEN has_version THEN ', model_version = $6' ELSE '' END)
-    USING claimed_keys, claimed_urls, claimed_replace, concurrency, prefetch, version;
+    WITH p AS MATERIALIZED (
+        SELECT p.row_key, p.url, p.ord
+        FROM @extschema@.clip_backfill_pending_rows(target, url_column, vector_column, key_column, after_key,
+                                                    batch_size) WITH ORDINALITY AS p(row_key, url, ord)),
+    -- (CASE, not AND: a row left out is never claimed.)
+    c AS (SELECT p.row_key, p.url, p.ord,
+                 CASE WHEN retry_failed OR NOT EXISTS (
+                          SELECT 1 FROM @extschema@.clip_backfill_failures f
+                           WHERE f.relation = target AND f.row_key = p.row_key AND f.permanent
+                             AND (f.url_sha256 IS NULL OR f.url_sha256 = @extschema@.clip_backfill_url_sha256(p.url)))
+                      THEN pg_catalog.pg_try_advisory_xact_lock(target::oid::int4, pg_catalog.hashtext(p.row_key))
+                      ELSE false END AS claimed
+          FROM p)
+    SELECT coalesce(pg_catalog.array_agg(c.row_key ORDER BY c.ord) FILTER (WHERE c.claimed), '{}'),
+           coalesce(pg_catalog.array_agg(c.url ORDER BY c.ord) FILTER (WHERE c.claimed), '{}'),
+           (pg_catalog.array_agg(c.row_key ORDER BY c.ord DESC))[1]
+      INTO keys, urls, last_key
+      FROM c;
 END
 $function$;
 
 -- Step 3: the failure records of a batch that clip_backfill_apply reported (the arrays are its output
--- columns). An embedded row leaves clip_backfill_failures; a failed one enters it, or counts one more
--- attempt, unless its URL changed meanwhile (the failure was the old photo's). Returns the failures
--- recorded, with their attempt counts.
+-- columns). An embedded row leaves clip_backfill_failures; a failed one enters it with the SHA-256 of the
+-- URL that failed, or counts one more attempt of that URL (a record of another URL starts over). Returns the
+-- failures recorded, with their attempt counts. Bookkeeping only: the user's table is not read.
 CREATE FUNCTION @extschema@.clip_backfill_record(
     target      regclass,
-    url_column  name,
-    key_name    name,
-    key_type    text,
     keys        text[],
     urls        text[],
     outcomes    text[],
@@ -244,26 +285,79 @@ CREATE FUNCTION @extschema@.clip_backfill_record(
     transients  boolean[])
 RETURNS TABLE (row_key text, attempts integer)
 LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
 AS $function$
 BEGIN
     DELETE FROM @extschema@.clip_backfill_failures f
      USING ROWS FROM (pg_catalog.unnest(keys), pg_catalog.unnest(outcomes)) AS o(k, oc)
      WHERE f.relation = target AND f.row_key = o.k AND o.oc = 'embedded';
-    RETURN QUERY EXECUTE pg_catalog.format(
-        'INSERT INTO @extschema@.clip_backfill_failures AS f '
-        '       (relation, row_key, sqlstate, error, http_status, permanent) '
-        'SELECT $1, o.k, o.s, o.e, o.h, NOT coalesce(o.tr, false) '
-        'FROM ROWS FROM (pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[]), pg_catalog.unnest($4::text[]), '
-        '                pg_catalog.unnest($5::text[]), pg_catalog.unnest($6::text[]), pg_catalog.unnest($7::integer[]), '
-        '                pg_catalog.unnest($8::boolean[])) AS o(k, u, oc, s, e, h, tr) '
-        'JOIN %1$s t ON t.%2$I = o.k::%3$s AND t.%4$I::text = o.u '
-        'WHERE o.oc = ''failed'' '
-        'ON CONFLICT (relation, row_key) DO UPDATE SET sqlstate = excluded.sqlstate, error = excluded.error, '
-        '    http_status = excluded.http_status, permanent = excluded.permanent, attempts = f.attempts + 1, '
-        '    last_failed_at = now() '
-        'RETURNING f.row_key, f.attempts',
-        target, key_name, key_type, url_column)
-    USING target, keys, urls, outcomes, sqlstates, errors, statuses, transients;
+    RETURN QUERY
+    INSERT INTO @extschema@.clip_backfill_failures AS f
+           (relation, row_key, sqlstate, error, http_status, permanent, url_sha256)
+    SELECT target, o.k, o.s, o.e, o.h, NOT coalesce(o.tr, false), @extschema@.clip_backfill_url_sha256(o.u)
+    FROM ROWS FROM (pg_catalog.unnest(keys), pg_catalog.unnest(urls), pg_catalog.unnest(outcomes),
+                    pg_catalog.unnest(sqlstates), pg_catalog.unnest(errors), pg_catalog.unnest(statuses),
+                    pg_catalog.unnest(transients)) AS o(k, u, oc, s, e, h, tr)
+    WHERE o.oc = 'failed' AND o.k IS NOT NULL
+    ON CONFLICT ON CONSTRAINT clip_backfill_failures_pkey DO UPDATE
+        SET sqlstate = excluded.sqlstate, error = excluded.error, http_status = excluded.http_status,
+            permanent = excluded.permanent,
+            attempts = CASE WHEN f.url_sha256 IS NULL OR f.url_sha256 = excluded.url_sha256
+                            THEN f.attempts + 1 ELSE 1 END,
+            first_failed_at = CASE WHEN f.url_sha256 IS NULL OR f.url_sha256 = excluded.url_sha256
+                                   THEN f.first_failed_at ELSE now() END,
+            last_failed_at = now(), url_sha256 = excluded.url_sha256
+    RETURNING f.row_key, f.attempts;
+END
+$function$;
+
+-- Failure records that no longer say anything about their row go: the row is gone, has no URL, has a vector
+-- now, or has another URL than the one that failed (records made before 0.3.0, without the URL's SHA-256,
+-- adopt the row's current URL). The rows are read as the table's owner (clip_backfill_row_states), in
+-- chunks. Returns how many records went. Run by CALL clip_backfill at its start and by the auto-embed
+-- worker's look for pending rows.
+CREATE FUNCTION @extschema@.clip_backfill_forget_stale(
+    target        regclass,
+    url_column    name,
+    vector_column name,
+    key_column    name)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $function$
+DECLARE
+    chunk     text[];
+    after     text := '';
+    forgotten bigint := 0;
+    n         bigint;
+BEGIN
+    PERFORM @extschema@.clip_backfill_authorize(target);
+    LOOP
+        SELECT pg_catalog.array_agg(f.row_key ORDER BY f.row_key COLLATE "C") INTO chunk
+          FROM (SELECT f.row_key FROM @extschema@.clip_backfill_failures f
+                 WHERE f.relation = target AND f.row_key COLLATE "C" > after
+                 ORDER BY f.row_key COLLATE "C" LIMIT 1000) f;
+        EXIT WHEN chunk IS NULL;
+        after := chunk[pg_catalog.cardinality(chunk)];
+        WITH s AS MATERIALIZED (
+            SELECT * FROM @extschema@.clip_backfill_row_states(target, url_column, vector_column, key_column, chunk, NULL)),
+        adopted AS (
+            UPDATE @extschema@.clip_backfill_failures f
+               SET url_sha256 = @extschema@.clip_backfill_url_sha256(s.url)
+              FROM s
+             WHERE f.relation = target AND f.row_key = s.row_key AND f.url_sha256 IS NULL
+               AND s.url IS NOT NULL AND NOT s.has_vector),
+        gone AS (
+            DELETE FROM @extschema@.clip_backfill_failures f
+             WHERE f.relation = target AND f.row_key = ANY (chunk)
+               AND NOT EXISTS (SELECT 1 FROM s WHERE s.row_key = f.row_key AND s.url IS NOT NULL AND NOT s.has_vector
+                                 AND (f.url_sha256 IS NULL
+                                      OR f.url_sha256 = @extschema@.clip_backfill_url_sha256(s.url)))
+            RETURNING 1)
+        SELECT count(*) INTO n FROM gone;
+        forgotten := forgotten + n;
+    END LOOP;
+    RETURN forgotten;
 END
 $function$;
 
@@ -280,8 +374,6 @@ LANGUAGE plpgsql
 AS $procedure$
 DECLARE
     key_name      name;
-    key_type      text;
-    has_version   boolean;
     version       text;
     run           bigint;
     total         bigint;
@@ -289,8 +381,7 @@ DECLARE
     failed        bigint := 0;
     skipped       bigint := 0;
     batch_no      integer := 0;
-    started       timestamptz := clock_timestamp();
-    pick_sql      text;
+    started       timestamptz;
     cur_keys      text[];
     cur_urls      text[];
     next_keys     text[];
@@ -310,14 +401,21 @@ DECLARE
     remaining     bigint;
     other_pid     integer;
 BEGIN
+    -- No SET clause (it would forbid COMMIT): this transaction's search_path is pinned here, and each later
+    -- one's right after its COMMIT, so that nothing below resolves through the caller's search_path.
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+    started := pg_catalog.clock_timestamp();
     IF batch_size IS NULL OR batch_size < 1 THEN
         RAISE EXCEPTION 'pg_clip: batch_size must be at least 1' USING ERRCODE = '22023';
     END IF;
     IF concurrency IS NOT NULL AND concurrency < 1 THEN
         RAISE EXCEPTION 'pg_clip: concurrency must be at least 1' USING ERRCODE = '22023';
     END IF;
-    SELECT d.key_name, d.key_type, d.has_version INTO key_name, key_type, has_version
+    SELECT d.key_name INTO key_name
       FROM @extschema@.clip_backfill_target(target, url_column, vector_column, key_column) d;
+    -- The table is read and written as its owner (clip_backfill_apply), who must be allowed to fetch; the
+    -- caller must be the owner, a member of its role, or a superuser.
+    PERFORM @extschema@.clip_backfill_authorize(target, with_urls => true);
     version := @extschema@.clip_backfill_model_version();
 
     -- One run per table at a time: two would walk the same rows. The transaction-level lock makes the check
@@ -351,30 +449,15 @@ BEGIN
             USING ERRCODE = '55006', HINT = 'Wait for it, or stop it with pg_cancel_backend(' || other_pid || ').';
     END IF;
 
-    -- Step 1 for this caller: the rows still to do (a URL, no vector, no permanent failure on record unless
-    -- retry_failed), walked in key order from the last key picked, so a row is tried once per run; each is
-    -- claimed, and a row the auto-embed worker holds is left to it. Returns the claimed keys and URLs and
-    -- the last key looked at.
-    pick_sql := pg_catalog.format(
-        'SELECT coalesce(pg_catalog.array_agg(c.k::text ORDER BY c.k) FILTER (WHERE c.claimed), ''{}''), '
-        '       coalesce(pg_catalog.array_agg(c.u ORDER BY c.k) FILTER (WHERE c.claimed), ''{}''), '
-        '       (pg_catalog.array_agg(c.k::text ORDER BY c.k DESC))[1] '
-        'FROM (SELECT s.k, s.u, pg_catalog.pg_try_advisory_xact_lock($3::oid::int4, '
-        '                                                             pg_catalog.hashtext(s.k::text)) AS claimed '
-        '      FROM (SELECT t.%1$I AS k, t.%2$I::text AS u FROM %3$s t '
-        '            WHERE t.%4$I IS NULL AND t.%2$I IS NOT NULL '
-        '              AND ($1::text IS NULL OR t.%1$I > $1::%5$s) '
-        '              AND ($2 OR NOT EXISTS (SELECT 1 FROM @extschema@.clip_backfill_failures f '
-        '                                     WHERE f.relation = $3 AND f.row_key = t.%1$I::text AND f.permanent)) '
-        '            ORDER BY t.%1$I LIMIT $4) s) c',
-        key_name, url_column, target, vector_column, key_type);
-
-    EXECUTE pg_catalog.format(
-        'SELECT count(*) FROM %1$s t WHERE t.%2$I IS NULL AND t.%3$I IS NOT NULL '
-        '  AND ($1 OR NOT EXISTS (SELECT 1 FROM @extschema@.clip_backfill_failures f '
-        '                         WHERE f.relation = $2 AND f.row_key = t.%4$I::text AND f.permanent))',
-        target, vector_column, url_column, key_name)
-        INTO total USING retry_failed, target;
+    -- Failure records of rows that are gone or have another photo now say nothing: they go first, so that the
+    -- permanent ones left are those of rows still waiting (the total below), each with its current URL.
+    PERFORM @extschema@.clip_backfill_forget_stale(target, url_column, vector_column, key_name);
+    total := @extschema@.clip_backfill_count_pending(target, url_column, vector_column, key_name);
+    IF NOT retry_failed THEN
+        total := total - (SELECT count(*) FROM @extschema@.clip_backfill_failures f
+                           WHERE f.relation = target AND f.permanent);
+    END IF;
+    total := greatest(total, 0);
     IF max_rows IS NOT NULL THEN
         total := least(total, greatest(max_rows, 0));
     END IF;
@@ -383,17 +466,20 @@ BEGIN
     VALUES (target, total, version) RETURNING run_id INTO run;
     RAISE NOTICE 'clip_backfill: run % on %: % rows to embed, batches of %', run, target, total, batch_size;
     COMMIT;
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
 
-    EXECUTE pick_sql INTO cur_keys, cur_urls, last_key
-        USING NULL::text, retry_failed, target, least(batch_size::bigint, total);
+    SELECT p.keys, p.urls, p.last_key INTO cur_keys, cur_urls, last_key
+      FROM @extschema@.clip_backfill_pick(target, url_column, vector_column, key_name, NULL, retry_failed,
+                                          least(batch_size::bigint, total)) p;
     WHILE last_key IS NOT NULL LOOP
         -- The next batch is chosen now so that its downloads overlap this batch's (prefetch).
         remaining := total - done - failed - skipped - pg_catalog.cardinality(cur_keys);
         next_keys := '{}';
         next_urls := '{}';
         IF remaining > 0 THEN
-            EXECUTE pick_sql INTO next_keys, next_urls, last_key
-                USING last_key, retry_failed, target, least(batch_size::bigint, remaining);
+            SELECT p.keys, p.urls, p.last_key INTO next_keys, next_urls, last_key
+              FROM @extschema@.clip_backfill_pick(target, url_column, vector_column, key_name, last_key,
+                                                  retry_failed, least(batch_size::bigint, remaining)) p;
         ELSE
             last_key := NULL;
         END IF;
@@ -402,11 +488,11 @@ BEGIN
                pg_catalog.array_agg(a.sqlstate), pg_catalog.array_agg(a.error), pg_catalog.array_agg(a.http_status),
                pg_catalog.array_agg(a.transient)
           INTO o_keys, o_urls, o_outcomes, o_sqlstates, o_errors, o_statuses, o_transients
-          FROM @extschema@.clip_backfill_apply(target, url_column, vector_column, key_name, key_type, has_version,
-                                               cur_keys, cur_urls, next_urls, concurrency, version) a;
+          FROM @extschema@.clip_backfill_apply(target, url_column, vector_column, key_name, cur_keys, cur_urls,
+                                               next_urls, concurrency, version) a;
         SELECT count(*) INTO batch_failed
-          FROM @extschema@.clip_backfill_record(target, url_column, key_name, key_type, o_keys, o_urls, o_outcomes,
-                                                o_sqlstates, o_errors, o_statuses, o_transients);
+          FROM @extschema@.clip_backfill_record(target, o_keys, o_urls, o_outcomes, o_sqlstates, o_errors,
+                                                o_statuses, o_transients);
         batch_done := coalesce(pg_catalog.cardinality(pg_catalog.array_positions(o_outcomes, 'embedded')), 0);
         done := done + batch_done;
         failed := failed + batch_failed;
@@ -414,12 +500,13 @@ BEGIN
         batch_no := batch_no + 1;
         UPDATE @extschema@.clip_backfill_runs r
         SET done = r.done + batch_done, failed = r.failed + batch_failed, batches = batch_no,
-            updated_at = clock_timestamp()
+            updated_at = pg_catalog.clock_timestamp()
         WHERE r.run_id = run;
         COMMIT;
+        PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
 
         IF coalesce(pg_catalog.cardinality(o_keys), 0) > 0 THEN
-            elapsed := extract(epoch FROM clock_timestamp() - started);
+            elapsed := extract(epoch FROM pg_catalog.clock_timestamp() - started);
             rate := (done + failed) / greatest(elapsed, 0.001);
             remaining := greatest(total - done - failed - skipped, 0);
             RAISE NOTICE 'clip_backfill: % done, % failed, % remaining, % images/s, ETA %',
@@ -432,13 +519,14 @@ BEGIN
     END LOOP;
 
     UPDATE @extschema@.clip_backfill_runs r
-    SET state = 'finished', finished_at = clock_timestamp(), updated_at = clock_timestamp()
+    SET state = 'finished', finished_at = pg_catalog.clock_timestamp(), updated_at = pg_catalog.clock_timestamp()
     WHERE r.run_id = run;
     COMMIT;
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
     RAISE NOTICE 'clip_backfill: run % finished: % embedded, % failed% in %', run, done, failed,
         CASE WHEN skipped > 0 THEN pg_catalog.format(', %s left to the auto-embed worker or changed meanwhile', skipped)
              ELSE '' END,
-        date_trunc('second', clock_timestamp() - started);
+        date_trunc('second', pg_catalog.clock_timestamp() - started);
 END
 $procedure$;
 
@@ -446,7 +534,8 @@ COMMENT ON PROCEDURE @extschema@.clip_backfill(regclass, name, name, name, integ
     'pg_clip: embeds the photos of rows with a URL and no vector, in committed batches; resumable';
 
 -- Functions that reach the network, and the procedure built on them, are not for every role: an
--- administrator grants them (README, "Security").
+-- administrator grants them (README, "Security"). The engine's steps on a user's table act as its owner and
+-- check that the caller may: granted to PUBLIC like any function, they need the owner's role to do anything.
 REVOKE EXECUTE ON FUNCTION @extschema@.clip_embed_url(text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION @extschema@.clip_try_embed_url(text) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION @extschema@.clip_embed_urls(text[], integer, text[]) FROM PUBLIC;

@@ -79,6 +79,11 @@ pub enum PgClipError {
     /// Something the server must have first: e.g. automatic embedding without the library preloaded.
     #[error("{what}")]
     Prerequisite { what: String, hint: String },
+
+    /// The caller may not act on this object: acting on a table as its owner needs membership in the
+    /// owner's role (a superuser has it).
+    #[error("{what}")]
+    NotPermitted { what: String, hint: Option<String> },
 }
 
 impl PgClipError {
@@ -114,6 +119,7 @@ impl PgClipError {
             PgClipError::Fetched { inner, .. } => inner.sqlstate(),
             PgClipError::ColumnMissing { .. } => ERRCODE_UNDEFINED_COLUMN, // 42703
             PgClipError::Prerequisite { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, // 55000
+            PgClipError::NotPermitted { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,           // 42501
         }
     }
 
@@ -136,6 +142,7 @@ impl PgClipError {
             PgClipError::Fetched { inner, .. } => inner.sqlstate_code(),
             PgClipError::ColumnMissing { .. } => "42703",
             PgClipError::Prerequisite { .. } => "55000",
+            PgClipError::NotPermitted { .. } => "42501",
         }
     }
 
@@ -169,6 +176,7 @@ impl PgClipError {
             PgClipError::FetchLimit { setting, .. } => Some(format!("Raise {setting} if this is expected.")),
             PgClipError::Fetched { inner, .. } => inner.hint(),
             PgClipError::ColumnMissing { hint, .. } | PgClipError::Prerequisite { hint, .. } => Some(hint.clone()),
+            PgClipError::NotPermitted { hint, .. } => hint.clone(),
             _ => None,
         }
     }
@@ -221,6 +229,7 @@ mod tests {
             PgClipError::Fetched { url: "x".into(), status: 200, inner: Box::new(PgClipError::invalid_image("x")) },
             PgClipError::ColumnMissing { column: "x".into(), hint: "h".into() },
             PgClipError::Prerequisite { what: "x".into(), hint: "h".into() },
+            PgClipError::NotPermitted { what: "x".into(), hint: None },
         ];
         for e in samples {
             let s = sqlstate_text(e.sqlstate());

@@ -31,5 +31,6 @@ pub extern "C-unwind" fn _PG_init() {
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
         backfill::registry::init_shared_memory();
         backfill::worker::register_launcher();
+        backfill::step_aside::install();
     }
 }

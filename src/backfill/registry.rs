@@ -84,6 +84,9 @@ pub struct Slot {
     ended_ms: i64,
     /// Workers in a row that ended within a minute of starting (the restart delay doubles with each).
     quick_ends: u32,
+    /// Until then no worker serves the database (0: none held): a command that needs the database to itself
+    /// (DROP DATABASE, see `step_aside`) asked the worker to go, and nobody starts it again meanwhile.
+    held_until_ms: i64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -187,6 +190,9 @@ pub fn claim(database: pg_sys::Oid) -> bool {
     if slot.pid != 0 && slot.pid != me && process_alive(slot.pid) {
         return false;
     }
+    if slot.held_until_ms > now_ms() {
+        return false; // the database is being dropped (or renamed, moved, copied): see step_aside
+    }
     slot.pid = me;
     slot.latch = latch;
     slot.state = WorkerState::Starting as u8;
@@ -241,7 +247,7 @@ pub fn due_restarts() -> (Vec<pg_sys::Oid>, Option<std::time::Duration>) {
     let (mut due, mut next) = (Vec::new(), None::<i64>);
     for slot in registry.slots.iter().filter(|s| s.database != 0 && s.pid == 0 && s.ended_ms != 0) {
         let delay = (RESTART_DELAY_MS << slot.quick_ends.min(6)).min(RESTART_DELAY_MAX_MS);
-        let at = slot.ended_ms + delay;
+        let at = (slot.ended_ms + delay).max(slot.held_until_ms);
         if at <= now {
             due.push(pg_sys::Oid::from(slot.database));
         } else {
@@ -249,6 +255,33 @@ pub fn due_restarts() -> (Vec<pg_sys::Oid>, Option<std::time::Duration>) {
         }
     }
     (due, next.map(|ms| std::time::Duration::from_millis(ms as u64)))
+}
+
+/// A command needs `database` to itself (DROP DATABASE and the like): no worker may serve it until
+/// `until_ms` (the launcher, a commit and a starting worker all respect the hold). Returns the live worker's
+/// pid, which the caller asks to go.
+pub fn hold(database: pg_sys::Oid, until_ms: i64) -> Option<i32> {
+    if !preloaded() {
+        return None;
+    }
+    let mut registry = REGISTRY.exclusive();
+    let launcher = registry.launcher_latch;
+    let slot = registry.slot_for(database.to_u32())?;
+    slot.held_until_ms = until_ms;
+    let pid = (slot.pid != 0 && process_alive(slot.pid)).then_some(slot.pid);
+    if launcher != 0 {
+        // SAFETY: the launcher's PGPROC latch, in shared memory: it recomputes when to restart the worker (a
+        // shortened hold must not leave it asleep until the longer one ends).
+        unsafe { pg_sys::SetLatch(launcher as *mut pg_sys::Latch) };
+    }
+    pid
+}
+
+/// Whether `pid` is still the live worker of `database`.
+pub fn serves(database: pg_sys::Oid, pid: i32) -> bool {
+    preloaded()
+        && REGISTRY.share().slots.iter().any(|s| s.database == database.to_u32() && s.pid == pid)
+        && process_alive(pid)
 }
 
 /// The launcher starts a worker for `database` (again): the slot is no longer waiting for a restart.
@@ -330,6 +363,8 @@ fn wake_or_start(start_requested: bool) {
             // SAFETY: the latch is the worker's PGPROC latch, in shared memory; setting a latch whose owner
             // has gone is a harmless spurious wake-up of whoever owns that PGPROC now.
             unsafe { pg_sys::SetLatch(slot.latch as *mut pg_sys::Latch) };
+            false
+        } else if slot.held_until_ms > now_ms() {
             false
         } else {
             let now = now_ms();

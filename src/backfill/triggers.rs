@@ -6,35 +6,22 @@
 //!   4 to 7 times a plain INSERT; see the README's benchmark.)
 //! * `clip_auto_embed_url_changed(vector_column, key_column, version_column)`, BEFORE UPDATE OF the URL, when
 //!   the URL changed (its WHEN clause): unless the same UPDATE wrote the vector too, clears the vector (and the
-//!   model_version) in the row being written, so the old photo's vector never outlives the transaction,
-//!   forgets the old photo's failure record, and asks for the wake-up. Whether the vector was written is
+//!   model_version) in the row being written, so the old photo's vector never outlives the transaction, and
+//!   asks for the wake-up. Whether the vector was written is
 //!   decided here, on the bytes, not in the WHEN clause: `OLD.v IS DISTINCT FROM NEW.v` needs pgvector's `=`,
 //!   which pg_dump's trigger definition cannot schema-qualify, so a restore (search_path empty) failed.
 //!
-//! The failure records belong to pg_clip, not to whoever writes the table: the one fixed statement here runs
-//! as the bootstrap superuser (a local user-id switch, as a SECURITY DEFINER function would do), so an
-//! application role needs no privilege on pg_clip's tables. No user code runs under that switch: the table has
-//! no triggers of its own.
+//! Neither runs SQL, and neither switches user: the writer's privileges are all they use. The old photo's
+//! failure record needs no deleting here: a record names the URL that failed (its SHA-256) and applies to
+//! the row only while the row has that URL (sql/backfill.sql, clip_backfill_failures).
 
 use pgrx::pg_sys;
 use pgrx::prelude::*;
-use pgrx::spi::OwnedPreparedStatement;
-use std::cell::RefCell;
-use std::ffi::{CStr, CString};
+use std::ffi::CString;
 use std::num::NonZeroUsize;
 
 use super::registry;
 use crate::error::PgClipError;
-
-/// The statement prepared once per backend (per pg_clip schema), reused by every row.
-struct Statements {
-    schema: pg_sys::Oid,
-    forget_failure: OwnedPreparedStatement,
-}
-
-thread_local! {
-    static STATEMENTS: RefCell<Option<Statements>> = const { RefCell::new(None) };
-}
 
 #[pg_trigger]
 fn clip_auto_embed_inserted<'a>(
@@ -52,8 +39,9 @@ fn clip_auto_embed_url_changed<'a>(
 }
 
 fn clear_vector<'a>(trigger: &'a PgTrigger<'a>) -> Result<PgHeapTuple<'a, AllocatedByRust>, PgClipError> {
+    // (The key column, the second argument, was for a failure record this trigger once deleted.)
     let args = arguments(trigger, 3)?;
-    let (vector_column, key_column, version_column) = (&args[0], &args[1], &args[2]);
+    let (vector_column, version_column) = (&args[0], &args[2]);
     let data = trigger.trigger_data();
     let mut row = trigger
         .new()
@@ -71,11 +59,6 @@ fn clear_vector<'a>(trigger: &'a PgTrigger<'a>) -> Result<PgHeapTuple<'a, Alloca
     for attno in std::iter::once(vector).chain(version) {
         // SAFETY: setting a column to NULL needs no datum of its type; attno is a valid attribute number.
         unsafe { row.set_by_index_unchecked(attno, None) };
-    }
-    // SAFETY: tg_newtuple is the row being written (before our change, which did not touch the key).
-    let key = unsafe { column_text(data.tg_relation, data.tg_newtuple, key_column) }?;
-    if let Some(key) = key {
-        forget_failure(trigger, &key)?;
     }
     registry::wake_at_commit(false);
     Ok(row)
@@ -132,65 +115,4 @@ unsafe fn value_changed(
         };
         bytes(a) != bytes(b)
     }
-}
-
-/// A column's value as text (its type's output function), or None for NULL.
-///
-/// # Safety
-/// `tuple` must be a valid heap tuple of `relation`.
-unsafe fn column_text(
-    relation: pg_sys::Relation,
-    tuple: pg_sys::HeapTuple,
-    column: &str,
-) -> Result<Option<String>, PgClipError> {
-    let attno = attribute_number(relation, column)?;
-    // SAFETY: the caller guarantees tuple belongs to relation; SPI_getvalue pallocs the text or returns NULL.
-    unsafe {
-        let text = pg_sys::SPI_getvalue(tuple, (*relation).rd_att, attno.get() as i32);
-        Ok((!text.is_null()).then(|| CStr::from_ptr(text).to_string_lossy().into_owned()))
-    }
-}
-
-/// Deletes the failure record of (the trigger's table, key), as the bootstrap superuser: it was about the old
-/// photo. (Without it, a permanent failure would keep the worker from ever trying the new one.)
-fn forget_failure(trigger: &PgTrigger<'_>, key: &str) -> Result<(), PgClipError> {
-    let relid = trigger.relid().map_err(|e| PgClipError::runtime("pg_clip trigger", e))?;
-    // pg_clip's schema: where the trigger function lives (the extension's schema).
-    // SAFETY: tgfoid is the OID of the function this trigger calls, which exists while it runs.
-    let schema = unsafe { pg_sys::get_func_namespace(trigger.trigger().tgfoid) };
-    let (mut saved_user, mut saved_context) = (pg_sys::Oid::INVALID, 0);
-    // SAFETY: a local user-id switch around a fixed statement on pg_clip's own table; restored below, and by
-    // the (sub)transaction abort if it raises.
-    unsafe {
-        pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_context);
-        pg_sys::SetUserIdAndSecContext(
-            pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID),
-            saved_context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
-        );
-    }
-    let result = Spi::connect_mut(|client| {
-        STATEMENTS.with(|cell| {
-            let mut cached = cell.borrow_mut();
-            if cached.as_ref().is_none_or(|s| s.schema != schema) {
-                *cached = Some(prepare(client, schema)?);
-            }
-            let statement = &cached.as_ref().expect("prepared above").forget_failure;
-            client.update(statement, None, &[relid.into(), key.into()]).map(|_| ())
-        })
-    });
-    // SAFETY: restores what was saved above.
-    unsafe { pg_sys::SetUserIdAndSecContext(saved_user, saved_context) };
-    result.map_err(|e| PgClipError::runtime("pg_clip trigger", e))
-}
-
-fn prepare(client: &mut pgrx::spi::SpiClient<'_>, schema: pg_sys::Oid) -> pgrx::spi::SpiResult<Statements> {
-    // SAFETY: get_namespace_name returns a palloc'd copy (or NULL for a missing schema, not possible for the
-    // schema of the running trigger function); quote_identifier returns its input or a palloc'd quoted copy.
-    let schema_sql = unsafe {
-        let name = pg_sys::get_namespace_name(schema);
-        CStr::from_ptr(pg_sys::quote_identifier(name)).to_string_lossy().into_owned()
-    };
-    let sql = format!("DELETE FROM {schema_sql}.clip_backfill_failures WHERE relation = $1::regclass AND row_key = $2");
-    let statement = client.prepare_mut(sql.as_str(), &[PgOid::from(pg_sys::OIDOID), PgOid::from(pg_sys::TEXTOID)])?;
-    Ok(Statements { schema, forget_failure: statement.keep() })
 }

@@ -14,7 +14,7 @@
 //!   and table by table queue the pending rows (a URL and no vector, found through the table's partial
 //!   index) and embed what is due, a few batches each before the next table gets its turn; leave when no
 //!   table is left. Each batch is one transaction: pick the next batch and claim it, embed the current one
-//!   (as the table's owner, see `as_table_owner`) while the next one downloads, settle the queue. A batch cut
+//!   (as the table's owner: `as_owner`) while the next one downloads, settle the queue. A batch cut
 //!   short (SIGTERM, an error) is rolled back whole and done again later.
 //!
 //! Signals: SIGTERM is Postgres's `die`, as in any backend: the next CHECK_FOR_INTERRUPTS (every 50 ms while
@@ -193,9 +193,13 @@ struct Failure {
 impl Failure {
     fn from_caught(caught: CaughtError) -> Self {
         match caught {
-            CaughtError::PostgresError(report) | CaughtError::ErrorReport(report) => {
-                Failure { sqlstate: sqlstate_text(report.sql_error_code()), message: report.message().to_string() }
-            }
+            CaughtError::PostgresError(report) | CaughtError::ErrorReport(report) => Failure {
+                sqlstate: sqlstate_text(report.sql_error_code()),
+                message: match report.hint() {
+                    Some(hint) => format!("{} (HINT: {hint})", report.message()),
+                    None => report.message().to_string(),
+                },
+            },
             CaughtError::RustPanic { ereport, .. } => {
                 Failure { sqlstate: "58000".into(), message: format!("internal error: {}", ereport.message()) }
             }
@@ -223,18 +227,9 @@ struct Table {
     url_column: String,
     vector_column: String,
     key_column: String,
-    owner: pg_sys::Oid,
     paused: bool,
     /// Seconds until the earliest retry that is not due yet.
     next_retry_in: Option<f64>,
-}
-
-/// The table's key and whether it has model_version, as clip_backfill_target says (read per drain: the
-/// table may have changed).
-struct Shape {
-    key_name: String,
-    key_type: String,
-    has_version: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -390,6 +385,7 @@ pub extern "C-unwind" fn pg_clip_auto_embed_main(arg: pg_sys::Datum) {
     let database = pg_sys::Oid::from(arg.value() as u32);
     install_signal_handlers();
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(database), None);
+    pin_search_path();
     // SAFETY: a static C string; pgstat copies it.
     unsafe { pg_sys::pgstat_report_appname(c"pg_clip auto-embed".as_ptr()) };
 
@@ -417,6 +413,29 @@ pub extern "C-unwind" fn pg_clip_auto_embed_main(arg: pg_sys::Datum) {
     unsafe { pg_sys::before_shmem_exit(Some(on_exit), pg_sys::Datum::from(database.to_u32())) };
     pgrx::log!("pg_clip auto-embed: worker started for database {}", database_name(database));
     worker.run()
+}
+
+/// The worker connects as the bootstrap superuser, with the database's and the role's settings: a database
+/// owner's `ALTER DATABASE ... SET search_path` would otherwise choose where the worker's own SQL finds its
+/// functions and operators. For the whole session: pg_catalog, then this worker's own temporary schema, and
+/// nothing else; pg_clip's objects are named with their schema, and statements on users' tables run in
+/// `as_owner`, which restricts the search_path again in a nest level of its own and undoes whatever the
+/// user's code set.
+fn pin_search_path() {
+    // SAFETY: a session-level SET of a string setting, as `SET search_path` would make it; the value is
+    // checked by PostgreSQL's own check hook (a list of names, no catalog access).
+    unsafe {
+        pg_sys::set_config_option(
+            c"search_path".as_ptr(),
+            c"pg_catalog, pg_temp".as_ptr(),
+            pg_sys::GucContext::PGC_SUSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_SET,
+            true,
+            0,
+            false,
+        );
+    }
 }
 
 /// However the worker ends (FATAL from SIGTERM included): its slot is released for the launcher to restart,
@@ -576,7 +595,8 @@ impl Worker {
                     "WITH gone AS (DELETE FROM @extschema@.clip_auto_embed_tables c \
                                    WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_class r WHERE r.oid = c.relation) \
                                    RETURNING c.relation), \
-                          q AS (DELETE FROM @extschema@.clip_auto_embed_queue q USING gone WHERE q.relation = gone.relation) \
+                          q AS (DELETE FROM @extschema@.clip_auto_embed_queue q USING gone WHERE q.relation = gone.relation), \
+                          f AS (DELETE FROM @extschema@.clip_backfill_failures f USING gone WHERE f.relation = gone.relation) \
                      DELETE FROM @extschema@.clip_auto_embed_log l USING gone WHERE l.relation = gone.relation",
                 ),
                 None,
@@ -585,7 +605,7 @@ impl Worker {
             let rows = client.select(
                 &self.sql(
                     "SELECT c.relation::oid, c.relation::text, c.url_column::text, c.vector_column::text, \
-                            c.key_column::text, r.relowner, c.paused, \
+                            c.key_column::text, c.paused, \
                             (SELECT extract(epoch FROM min(q.not_before) - clock_timestamp())::float8 \
                                FROM @extschema@.clip_auto_embed_queue q \
                               WHERE q.relation = c.relation AND q.not_before > clock_timestamp()) \
@@ -603,9 +623,8 @@ impl Worker {
                     url_column: row.get(3)?.unwrap_or_default(),
                     vector_column: row.get(4)?.unwrap_or_default(),
                     key_column: row.get(5)?.unwrap_or_default(),
-                    owner: row.get(6)?.unwrap_or(pg_sys::Oid::INVALID),
-                    paused: row.get(7)?.unwrap_or(false),
-                    next_retry_in: row.get(8)?,
+                    paused: row.get(6)?.unwrap_or(false),
+                    next_retry_in: row.get(7)?,
                 });
             }
             Ok(tables)
@@ -682,7 +701,6 @@ impl Worker {
             AutoEmbedFault::Error => pgrx::error!("pg_clip: fault injected by pg_clip.debug_auto_embed_fault"),
             AutoEmbedFault::Panic => panic!("fault injected by pg_clip.debug_auto_embed_fault"),
         }
-        let shape = self.shape(table)?;
         let version = Spi::get_one::<String>(&self.sql("SELECT @extschema@.clip_backfill_model_version()"))?;
         let only = (!isolate.is_empty()).then(|| isolate.to_vec());
         if first {
@@ -694,34 +712,10 @@ impl Worker {
         let exclude: Vec<String> = current.iter().map(|e| e.key.clone()).collect();
         let next = self.pick(table, &exclude, batch_size, &version, &only)?;
         report_activity(&format!("embedding {} rows of {}", current.len(), table.name));
-        let outcomes = as_table_owner(table.owner, || self.apply(table, &shape, current, &next, &version))?;
+        // The table is read and written as its owner inside clip_backfill_apply (src/backfill/as_owner.rs).
+        let outcomes = self.apply(table, current, &next, &version)?;
         self.settle(table, settings, current, &outcomes, started)?;
         Ok(next)
-    }
-
-    fn shape(&self, table: &Table) -> Result<Shape, pgrx::spi::SpiError> {
-        Spi::connect(|client| {
-            let row = client
-                .select(
-                    &self.sql(
-                        "SELECT key_name::text, key_type, has_version \
-                         FROM @extschema@.clip_backfill_target($1::regclass, $2::name, $3::name, $4::name)",
-                    ),
-                    Some(1),
-                    &[
-                        table.relation.into(),
-                        table.url_column.as_str().into(),
-                        table.vector_column.as_str().into(),
-                        table.key_column.as_str().into(),
-                    ],
-                )?
-                .first();
-            Ok(Shape {
-                key_name: row.get(1)?.unwrap_or_default(),
-                key_type: row.get(2)?.unwrap_or_default(),
-                has_version: row.get(3)?.unwrap_or(false),
-            })
-        })
     }
 
     fn pick(
@@ -763,7 +757,6 @@ impl Worker {
     fn apply(
         &self,
         table: &Table,
-        shape: &Shape,
         current: &[Entry],
         next: &[Entry],
         version: &Option<String>,
@@ -772,9 +765,7 @@ impl Worker {
             table.relation.into(),
             table.url_column.as_str().into(),
             table.vector_column.as_str().into(),
-            shape.key_name.as_str().into(),
-            shape.key_type.as_str().into(),
-            shape.has_version.into(),
+            table.key_column.as_str().into(),
             current.iter().map(|e| e.key.clone()).collect::<Vec<_>>().into(),
             current.iter().map(|e| e.url.clone()).collect::<Vec<_>>().into(),
             next.iter().map(|e| e.url.clone()).collect::<Vec<_>>().into(),
@@ -786,7 +777,7 @@ impl Worker {
                 &self.sql(
                     "SELECT row_key, url, outcome, sqlstate, error, http_status, transient \
                      FROM @extschema@.clip_backfill_apply($1::regclass, $2::name, $3::name, $4::name, $5, $6, \
-                                                          $7, $8, $9, NULL, $10, $11, skip_locked => true)",
+                                                          $7, NULL, $8, $9, skip_locked => true)",
                 ),
                 None,
                 &args,
@@ -887,25 +878,4 @@ impl Worker {
         })
         .and_then(|r| r.map_err(|e| Failure { sqlstate: "58000".into(), message: e.to_string() }))
     }
-}
-
-/// Runs `f` with the privileges of the table's owner, as a security-restricted operation (the way
-/// autovacuum and REFRESH MATERIALIZED VIEW run user code): the table's own triggers then run as its owner,
-/// never as the superuser the worker connects as, and cannot switch roles back. The worker does for a
-/// table what its owner could do with CALL clip_backfill, nothing more. If `f` raises, the transaction's
-/// abort restores the user id.
-fn as_table_owner<R>(owner: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
-    let (mut user, mut context) = (pg_sys::Oid::INVALID, 0);
-    // SAFETY: the switch every security-restricted operation in Postgres makes, restored right after.
-    unsafe {
-        pg_sys::GetUserIdAndSecContext(&mut user, &mut context);
-        pg_sys::SetUserIdAndSecContext(
-            owner,
-            context | (pg_sys::SECURITY_LOCAL_USERID_CHANGE | pg_sys::SECURITY_RESTRICTED_OPERATION) as i32,
-        );
-    }
-    let result = f();
-    // SAFETY: restores what was saved above.
-    unsafe { pg_sys::SetUserIdAndSecContext(user, context) };
-    result
 }
