@@ -108,8 +108,9 @@ def make_database(admin, db):
                                                image_embedding vector(512), model_version text)""")
         # Every write of a vector, counted: "embedded exactly once" is one row here per product.
         conn.execute("CREATE TABLE embed_writes (id int, at timestamptz DEFAULT clock_timestamp())")
+        # Schema-qualified: the worker writes as the table's owner with search_path = pg_catalog, pg_temp.
         conn.execute("""CREATE FUNCTION count_write() RETURNS trigger LANGUAGE plpgsql AS $$
-                        BEGIN INSERT INTO embed_writes (id) VALUES (NEW.id); RETURN NULL; END $$""")
+                        BEGIN INSERT INTO public.embed_writes (id) VALUES (NEW.id); RETURN NULL; END $$""")
         conn.execute("""CREATE TRIGGER count_write AFTER UPDATE OF image_embedding ON products FOR EACH ROW
                         WHEN (NEW.image_embedding IS NOT NULL) EXECUTE FUNCTION count_write()""")
         one(conn, "SELECT clip_auto_embed('products', 'image_url', 'image_embedding')")

@@ -134,7 +134,7 @@ BEGIN
          array_agg(a.http_status ORDER BY a.row_key), array_agg(a.transient ORDER BY a.row_key),
          array_agg(c[array_position(k, a.row_key)] ORDER BY a.row_key)
     INTO ok, ou, oo, os, oe, oh, ot, oc
-    FROM clip_backfill_apply('clip_test.shop', 'image_url', 'image_embedding', 'id', 'integer', true,
+    FROM clip_backfill_apply('clip_test.shop', 'image_url', 'image_embedding', 'id',
                              k, u, '{}', NULL, version, r, skip_locked => true) a;
   PERFORM clip_auto_embed_settle('clip_test.shop', ok, oc, ou, oo, os, oe, oh, ot, max_attempts, interval '1 second', 0.5);
   RETURN QUERY SELECT x.k, x.o, x.s, x.h, x.t
@@ -167,9 +167,14 @@ SELECT embedded_last_minute, pending, failed FROM clip_auto_embed_status;
 UPDATE clip_auto_embed_queue SET not_before = NULL;
 SELECT * FROM clip_test.step() ORDER BY 1;
 SELECT image_embedding = clip_embed_url('http://127.0.0.1:28836/img/chelsea.png') AS newest_photo FROM clip_test.shop WHERE id = 4;
--- A permanent failure is not swept up again; a new URL forgets it and queues the row.
+-- A permanent failure is not swept up again; a new URL makes it say nothing about the row (it names the
+-- SHA-256 of the URL that failed), so the next look queues the row and forgets the record. The writer's
+-- trigger touched no pg_clip table.
 SELECT clip_auto_embed_sweep('clip_test.shop') AS swept;
 UPDATE clip_test.shop SET image_url = 'http://127.0.0.1:28836/status/503' WHERE id = 3;
+SELECT url_sha256 = clip_backfill_url_sha256('http://127.0.0.1:28836/status/404') AS names_the_old_url
+  FROM clip_backfill_failures WHERE relation = 'clip_test.shop'::regclass AND row_key = '3';
+SELECT clip_auto_embed_sweep('clip_test.shop') AS swept;
 SELECT count(*) AS failures_3 FROM clip_backfill_failures WHERE relation = 'clip_test.shop'::regclass AND row_key = '3';
 -- A transient failure (503) waits retry_delay x 4^(attempts - 1) (1 s here), and is given up after
 -- max_attempts (3 here): it stays recorded, out of the queue, not swept again.
@@ -199,7 +204,7 @@ SELECT image_embedding IS NOT NULL AS still_serving FROM clip_test.shop WHERE id
 -- A step re-embeds it; the same vector written by hand with the current model meanwhile would stand.
 SELECT * FROM clip_test.step();
 SELECT regexp_replace(model_version, '[0-9a-f]{12}$', '<sha256 prefix>') AS model_version FROM clip_test.shop WHERE id = 6;
-SELECT row_key, outcome FROM clip_backfill_apply('clip_test.shop', 'image_url', 'image_embedding', 'id', 'integer', true,
+SELECT row_key, outcome FROM clip_backfill_apply('clip_test.shop', 'image_url', 'image_embedding', 'id',
     ARRAY['6'], ARRAY['http://127.0.0.1:28836/img/small.bmp'], '{}', NULL, clip_backfill_model_version(), ARRAY[true], true);
 SELECT clip_test.try($$SELECT clip_auto_embed_requeue('clip_test.dupkey')$$) AS not_automatic;
 
