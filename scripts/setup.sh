@@ -10,9 +10,10 @@ log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
 
 # 1. Build tools and clang (bindgen) from Debian; Chromium and its WebDriver for the browser test of the example
-#    application's page (tests/clients/test_page.py).
+#    application's page (tests/clients/test_page.py); pgBackRest for the backup test (tests/clients/test_backup.py).
 need_apt=()
-for p in libclang-dev clang nasm sudo dpkg-dev build-essential pkg-config python3-venv chromium chromium-driver; do
+for p in libclang-dev clang nasm sudo dpkg-dev build-essential pkg-config python3-venv chromium chromium-driver \
+         pgbackrest; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || need_apt+=("$p")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
