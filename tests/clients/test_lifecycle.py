@@ -1,5 +1,5 @@
 """Client test of pg_clip's life in a real installation, on the major the cluster runs:
-  1. an upgrade: CREATE EXTENSION pg_clip VERSION '0.1.0', data in clip_backfill_failures and clip_backfill_runs,
+  1. upgrades: CREATE EXTENSION pg_clip VERSION '0.1.0' (and again '0.2.0'), data in clip_backfill_failures and clip_backfill_runs,
      ALTER EXTENSION pg_clip UPDATE; the data stays, and the upgraded schema equals a fresh CREATE EXTENSION's
      (pg_dump --schema-only --binary-upgrade, which also prints the extension's own objects, compared with the
      OIDs taken out);
@@ -103,15 +103,15 @@ def schema_dump(db):
     return lines
 
 
-def upgrade(admin):
+def upgrade(admin, previous):
     versions = [r[0] for r in admin.execute(
         "SELECT version FROM pg_available_extension_versions WHERE name = 'pg_clip' ORDER BY version").fetchall()]
     default = one(admin, "SELECT default_version FROM pg_available_extensions WHERE name = 'pg_clip'")
-    check(f"the previous release 0.1.0 is installable beside {default}", "0.1.0" in versions and default != "0.1.0",
+    check(f"the earlier release {previous} is installable beside {default}", previous in versions and default != previous,
           versions)
     recreate(admin, "lc_upgrade")
     conn = connect("lc_upgrade")
-    conn.execute("CREATE EXTENSION pg_clip VERSION '0.1.0' CASCADE")
+    conn.execute(f"CREATE EXTENSION pg_clip VERSION '{previous}' CASCADE")
     conn.execute("CREATE TABLE shop (id int PRIMARY KEY, image_url text, image_embedding vector(512), model_version text)")
     conn.execute("INSERT INTO shop VALUES (1, %s), (2, %s), (3, %s)",
                  (f"{base}/img/coffee.png", f"{base}/status/404", f"{base}/img/chelsea.png"))
@@ -120,12 +120,12 @@ def upgrade(admin):
                             "FROM clip_backfill_failures ORDER BY 1, 2").fetchall()
     runs = conn.execute("SELECT run_id, relation::text, state, total, done, failed FROM clip_backfill_runs ORDER BY 1").fetchall()
     vectors = conn.execute("SELECT id, image_embedding::text FROM shop ORDER BY id").fetchall()
-    check("at 0.1.0: a backfill fills clip_backfill_failures and clip_backfill_runs", len(failures) == 1 and len(runs) == 1,
+    check(f"at {previous}: a backfill fills clip_backfill_failures and clip_backfill_runs", len(failures) == 1 and len(runs) == 1,
           (failures, runs))
     started = time.monotonic()
     conn.execute("ALTER EXTENSION pg_clip UPDATE")
     print(f"     (ALTER EXTENSION pg_clip UPDATE took {time.monotonic() - started:.2f} s)")
-    check(f"ALTER EXTENSION pg_clip UPDATE reaches {default}",
+    check(f"ALTER EXTENSION pg_clip UPDATE from {previous} reaches {default}",
           one(conn, "SELECT extversion FROM pg_extension WHERE extname = 'pg_clip'") == default)
     check("... with the failure records kept", conn.execute(
         "SELECT relation::text, row_key, sqlstate, http_status, permanent, attempts, error FROM clip_backfill_failures "
@@ -257,7 +257,8 @@ def replica(admin):
 def main():
     admin = psycopg.connect(f"{conninfo} dbname=postgres", autocommit=True)
     workdir = os.path.dirname(replica_dir)
-    upgrade(admin)
+    for previous in ("0.1.0", "0.2.0"):
+        upgrade(admin, previous)
     dump_restore(admin, workdir)
     replica(admin)
     checklist.finish("lifecycle")

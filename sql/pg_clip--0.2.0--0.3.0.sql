@@ -1,0 +1,1083 @@
+-- pg_clip 0.2.0 -> 0.3.0. Run by ALTER EXTENSION pg_clip UPDATE; the upgrade test
+-- (tests/clients/test_lifecycle.py) compares the result with a fresh CREATE EXTENSION, object by object.
+--
+-- Security (issue 17): every statement on a user's table now runs as its owner in a security-restricted
+-- operation (the new functions of src/backfill/as_owner.rs); the SQL functions do bookkeeping only, each with
+-- search_path = pg_catalog, pg_temp; row-level security keeps each owner's records to itself; a failure
+-- record names the SHA-256 of the URL that failed, so that the URL trigger no longer needs to delete it (as
+-- the bootstrap superuser, which it did). Existing records keep a NULL there and adopt the row's URL.
+\echo Use "ALTER EXTENSION pg_clip UPDATE" to load this file. \quit
+
+-- The engine's step 2 moves to Rust (it acts as the table's owner); its SQL form and the old record step,
+-- which read the user's table as the caller, go.
+DROP FUNCTION @extschema@.clip_backfill_apply(regclass, name, name, name, text, boolean, text[], text[], text[], integer,
+                                              text, boolean[], boolean);
+DROP FUNCTION @extschema@.clip_backfill_record(regclass, name, name, text, text[], text[], text[], text[], text[],
+                                               integer[], boolean[]);
+
+CREATE  FUNCTION "clip_backfill_apply"(
+	"target" regclass, /* PgRelation */
+	"url_column" TEXT, /* & str */
+	"vector_column" TEXT, /* & str */
+	"key_column" TEXT, /* & str */
+	"keys" TEXT[], /* Vec < Option < String > > */
+	"urls" TEXT[], /* Vec < Option < String > > */
+	"prefetch" TEXT[] DEFAULT NULL, /* :: std :: option :: Option < Vec < Option < String > > > */
+	"concurrency" INT DEFAULT NULL, /* Option < i32 > */
+	"version" TEXT DEFAULT NULL, /* Option < & str > */
+	"replace" bool[] DEFAULT NULL, /* :: std :: option :: Option < Vec < Option < bool > > > */
+	"skip_locked" bool DEFAULT false /* bool */
+) RETURNS TABLE (
+	"row_key" TEXT,  /* String */
+	"url" TEXT,  /* Option < String > */
+	"outcome" TEXT,  /* String */
+	"sqlstate" TEXT,  /* Option < String > */
+	"error" TEXT,  /* Option < String > */
+	"http_status" INT,  /* Option < i32 > */
+	"transient" bool  /* Option < bool > */
+)
+VOLATILE PARALLEL UNSAFE COST 100
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'clip_backfill_apply_wrapper';
+
+
+CREATE  FUNCTION "clip_backfill_count_pending"(
+	"target" regclass, /* PgRelation */
+	"url_column" TEXT, /* & str */
+	"vector_column" TEXT, /* & str */
+	"key_column" TEXT /* & str */
+) RETURNS bigint /* i64 */
+STRICT VOLATILE PARALLEL UNSAFE COST 100
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'clip_backfill_count_pending_wrapper';
+
+
+CREATE  FUNCTION "clip_backfill_outdated_rows"(
+	"target" regclass, /* PgRelation */
+	"url_column" TEXT, /* & str */
+	"vector_column" TEXT, /* & str */
+	"key_column" TEXT, /* & str */
+	"version" TEXT, /* & str */
+	"keep_versions" TEXT[], /* Vec < Option < String > > */
+	"after_key" TEXT, /* Option < & str > */
+	"max_rows" bigint /* i64 */
+) RETURNS TABLE (
+	"row_key" TEXT,  /* String */
+	"url" TEXT  /* String */
+)
+VOLATILE PARALLEL UNSAFE COST 100
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'clip_backfill_outdated_rows_wrapper';
+
+
+CREATE  FUNCTION "clip_backfill_pending_rows"(
+	"target" regclass, /* PgRelation */
+	"url_column" TEXT, /* & str */
+	"vector_column" TEXT, /* & str */
+	"key_column" TEXT, /* & str */
+	"after_key" TEXT, /* Option < & str > */
+	"max_rows" bigint /* i64 */
+) RETURNS TABLE (
+	"row_key" TEXT,  /* String */
+	"url" TEXT  /* String */
+)
+VOLATILE PARALLEL UNSAFE COST 100
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'clip_backfill_pending_rows_wrapper';
+
+
+CREATE  FUNCTION "clip_backfill_row_states"(
+	"target" regclass, /* PgRelation */
+	"url_column" TEXT, /* & str */
+	"vector_column" TEXT, /* & str */
+	"key_column" TEXT, /* & str */
+	"keys" TEXT[], /* Vec < Option < String > > */
+	"version" TEXT /* Option < & str > */
+) RETURNS TABLE (
+	"row_key" TEXT,  /* String */
+	"url" TEXT,  /* Option < String > */
+	"has_vector" bool,  /* bool */
+	"other_version" bool  /* bool */
+)
+VOLATILE PARALLEL UNSAFE COST 100
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'clip_backfill_row_states_wrapper';
+
+-- The failure records name the URL that failed.
+ALTER TABLE @extschema@.clip_backfill_failures ADD COLUMN url_sha256 pg_catalog.bytea;
+
+-- Defaults and checks bound with schema-qualified names (as a fresh install binds them).
+ALTER TABLE @extschema@.clip_backfill_failures
+    ALTER COLUMN first_failed_at SET DEFAULT pg_catalog.now(),
+    ALTER COLUMN last_failed_at SET DEFAULT pg_catalog.now();
+ALTER TABLE @extschema@.clip_backfill_runs
+    ALTER COLUMN pid SET DEFAULT pg_catalog.pg_backend_pid(),
+    ALTER COLUMN started_at SET DEFAULT pg_catalog.clock_timestamp(),
+    ALTER COLUMN updated_at SET DEFAULT pg_catalog.clock_timestamp(),
+    DROP CONSTRAINT clip_backfill_runs_state_check,
+    ADD CONSTRAINT clip_backfill_runs_state_check
+        CHECK (state OPERATOR(pg_catalog.=) ANY (ARRAY['running', 'finished', 'interrupted']::pg_catalog.text[]));
+ALTER TABLE @extschema@.clip_auto_embed_tables
+    ALTER COLUMN enabled_at SET DEFAULT pg_catalog.now();
+ALTER TABLE @extschema@.clip_auto_embed_queue
+    ALTER COLUMN change_id SET DEFAULT pg_catalog.nextval('@extschema@.clip_auto_embed_change_seq'::pg_catalog.regclass),
+    ALTER COLUMN queued_at SET DEFAULT pg_catalog.clock_timestamp();
+ALTER TABLE @extschema@.clip_auto_embed_log
+    ALTER COLUMN finished_at SET DEFAULT pg_catalog.clock_timestamp();
+
+-- Each role sees and changes the records of the tables it owns, and no others.
+ALTER TABLE @extschema@.clip_backfill_failures ENABLE ROW LEVEL SECURITY;
+CREATE POLICY clip_owner ON @extschema@.clip_backfill_failures
+    USING (pg_catalog.pg_has_role((SELECT c.relowner FROM pg_catalog.pg_class c
+                                   WHERE c.oid OPERATOR(pg_catalog.=) relation), 'USAGE'));
+ALTER TABLE @extschema@.clip_backfill_runs ENABLE ROW LEVEL SECURITY;
+CREATE POLICY clip_owner ON @extschema@.clip_backfill_runs
+    USING (pg_catalog.pg_has_role((SELECT c.relowner FROM pg_catalog.pg_class c
+                                   WHERE c.oid OPERATOR(pg_catalog.=) relation), 'USAGE'));
+ALTER TABLE @extschema@.clip_auto_embed_tables ENABLE ROW LEVEL SECURITY;
+CREATE POLICY clip_owner ON @extschema@.clip_auto_embed_tables
+    USING (pg_catalog.pg_has_role((SELECT c.relowner FROM pg_catalog.pg_class c
+                                   WHERE c.oid OPERATOR(pg_catalog.=) relation), 'USAGE'));
+ALTER TABLE @extschema@.clip_auto_embed_queue ENABLE ROW LEVEL SECURITY;
+CREATE POLICY clip_owner ON @extschema@.clip_auto_embed_queue
+    USING (pg_catalog.pg_has_role((SELECT c.relowner FROM pg_catalog.pg_class c
+                                   WHERE c.oid OPERATOR(pg_catalog.=) relation), 'USAGE'));
+ALTER TABLE @extschema@.clip_auto_embed_log ENABLE ROW LEVEL SECURITY;
+CREATE POLICY clip_owner ON @extschema@.clip_auto_embed_log
+    USING (pg_catalog.pg_has_role((SELECT c.relowner FROM pg_catalog.pg_class c
+                                   WHERE c.oid OPERATOR(pg_catalog.=) relation), 'USAGE'));
+
+
+-- The views read with the rights (and row-level security) of whoever queries them.
+CREATE OR REPLACE VIEW @extschema@.clip_backfill_progress WITH (security_invoker = true) AS
+SELECT r.run_id,
+       r.relation,
+       r.pid,
+       CASE WHEN r.state OPERATOR(pg_catalog.=) 'running'
+                 AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity a
+                                 WHERE a.pid OPERATOR(pg_catalog.=) r.pid
+                                   AND (a.backend_start IS NULL OR a.backend_start OPERATOR(pg_catalog.<=) r.started_at)
+                                   AND (a.state IS NULL OR a.state OPERATOR(pg_catalog.<>) 'idle'))
+            THEN 'interrupted' ELSE r.state END AS state,
+       r.started_at,
+       r.updated_at,
+       r.finished_at,
+       r.batches,
+       r.done,
+       r.failed,
+       GREATEST(r.total OPERATOR(pg_catalog.-) r.done OPERATOR(pg_catalog.-) r.failed, 0) AS remaining,
+       CASE WHEN r.updated_at OPERATOR(pg_catalog.>) r.started_at
+            THEN pg_catalog.round((r.done OPERATOR(pg_catalog.+) r.failed)::pg_catalog.numeric
+                                  OPERATOR(pg_catalog./)
+                                  EXTRACT(epoch FROM r.updated_at OPERATOR(pg_catalog.-) r.started_at), 2)
+       END AS images_per_second,
+       CASE WHEN r.state OPERATOR(pg_catalog.=) 'running' AND r.done OPERATOR(pg_catalog.+) r.failed OPERATOR(pg_catalog.>) 0
+            THEN pg_catalog.date_trunc('second', (r.updated_at OPERATOR(pg_catalog.-) r.started_at)
+                      OPERATOR(pg_catalog.*)
+                      (GREATEST(r.total OPERATOR(pg_catalog.-) r.done OPERATOR(pg_catalog.-) r.failed, 0)::pg_catalog.float8
+                       OPERATOR(pg_catalog./) (r.done OPERATOR(pg_catalog.+) r.failed)::pg_catalog.float8))
+       END AS eta,
+       r.model_version
+FROM @extschema@.clip_backfill_runs r;
+CREATE OR REPLACE VIEW @extschema@.clip_auto_embed_status WITH (security_invoker = true) AS
+SELECT c.relation,
+       c.url_column,
+       c.vector_column,
+       c.key_column,
+       c.paused,
+       COALESCE(q.pending, 0) AS pending,                 -- changed rows waiting for a vector
+       pg_catalog.round(EXTRACT(epoch FROM pg_catalog.clock_timestamp() OPERATOR(pg_catalog.-) q.oldest), 1)
+           AS lag_seconds,                                -- how long the oldest of them has waited
+       COALESCE(q.retrying, 0) AS retrying,               -- of those, waiting to retry a transient failure
+       COALESCE(q.reembed, 0) AS reembed_pending,         -- rows queued for a new model (clip_auto_embed_requeue)
+       COALESCE(l.embedded, 0) AS embedded_last_minute,
+       (SELECT pg_catalog.count(*) FROM @extschema@.clip_backfill_failures f
+         WHERE f.relation OPERATOR(pg_catalog.=) c.relation) AS failed,
+       w.pid AS worker_pid,
+       w.state AS worker_state,
+       c.last_error,
+       c.last_error_at
+FROM @extschema@.clip_auto_embed_tables c
+LEFT JOIN LATERAL (SELECT pg_catalog.count(*) FILTER (WHERE NOT q.replace) AS pending,
+                          pg_catalog.min(q.queued_at) FILTER (WHERE NOT q.replace) AS oldest,
+                          pg_catalog.count(*) FILTER (WHERE q.not_before OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp())
+                              AS retrying,
+                          pg_catalog.count(*) FILTER (WHERE q.replace) AS reembed
+                   FROM @extschema@.clip_auto_embed_queue q
+                   WHERE q.relation OPERATOR(pg_catalog.=) c.relation) q ON true
+LEFT JOIN LATERAL (SELECT pg_catalog.sum(l.embedded) AS embedded FROM @extschema@.clip_auto_embed_log l
+                   WHERE l.relation OPERATOR(pg_catalog.=) c.relation
+                     AND l.finished_at OPERATOR(pg_catalog.>)
+                         (pg_catalog.clock_timestamp() OPERATOR(pg_catalog.-) '1 minute'::pg_catalog.interval)) l ON true
+CROSS JOIN @extschema@.clip_auto_embed_worker() w;
+-- The table's key column (default: its single-column primary key) and whether it has a model_version
+-- column; every check on the caller's names, with a SQLSTATE each. Reads the catalogs only.
+CREATE OR REPLACE FUNCTION @extschema@.clip_backfill_target(
+    target        regclass,
+    url_column    name,
+    vector_column name,
+    key_column    name DEFAULT NULL,
+    OUT key_name    name,
+    OUT key_type    text,
+    OUT has_version boolean)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $function$
+DECLARE
+    columns      name[];
+    vector_type  name;
+    version_type text;
+    wanted       name;
+BEGIN
+    IF target IS NULL OR url_column IS NULL OR vector_column IS NULL THEN
+        RAISE EXCEPTION 'pg_clip: the table, its URL column and its vector column must be named'
+            USING ERRCODE = '22004';
+    END IF;
+    key_name := key_column;
+    IF key_name IS NULL THEN
+        SELECT a.attname INTO key_name
+        FROM pg_catalog.pg_index i
+        JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+        WHERE i.indrelid = target AND i.indisprimary AND i.indnkeyatts = 1;
+        IF key_name IS NULL THEN
+            RAISE EXCEPTION 'pg_clip: table % has no single-column primary key', target
+                USING ERRCODE = '22023',
+                      HINT = 'Name a unique, non-null column with key_column => ''...''.';
+        END IF;
+    END IF;
+
+    -- The columns: present, and of sensible types (read from the catalogue once). key_type is for
+    -- messages: the statements on the table name the type by its OID (src/backfill/as_owner.rs).
+    SELECT pg_catalog.array_agg(a.attname),
+           max(t.typname) FILTER (WHERE a.attname = vector_column),
+           max(pg_catalog.format_type(a.atttypid, NULL)) FILTER (WHERE a.attname = key_name),
+           max(pg_catalog.format_type(a.atttypid, NULL)) FILTER (WHERE a.attname = 'model_version')
+      INTO columns, vector_type, key_type, version_type
+      FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+     WHERE a.attrelid = target AND a.attnum > 0 AND NOT a.attisdropped;
+    FOREACH wanted IN ARRAY ARRAY[url_column, vector_column, key_name] LOOP
+        IF NOT wanted = ANY (columns) THEN
+            RAISE EXCEPTION 'pg_clip: column % of table % does not exist', pg_catalog.quote_ident(wanted), target
+                USING ERRCODE = '42703';
+        END IF;
+    END LOOP;
+    IF vector_type <> 'vector' THEN
+        RAISE EXCEPTION 'pg_clip: column % of table % is of type %, not vector',
+            pg_catalog.quote_ident(vector_column), target, vector_type USING ERRCODE = '42804';
+    END IF;
+    has_version := version_type IS NOT NULL;
+    IF has_version AND version_type NOT IN ('text', 'character varying') THEN
+        RAISE EXCEPTION 'pg_clip: column model_version of table % is not text or varchar', target
+            USING ERRCODE = '42804', HINT = 'pg_clip writes the model that made each vector there.';
+    END IF;
+END
+$function$;
+
+-- Whether the current user may act on target as its owner (is a member of the owner's role; a superuser
+-- is), and, for the work that downloads (with_urls), whether the owner may run clip_embed_urls, as
+-- clip_backfill_apply will as the owner. Raises 42501 with a HINT otherwise; nothing else is done first.
+CREATE OR REPLACE FUNCTION @extschema@.clip_backfill_authorize(target regclass, with_urls boolean DEFAULT false)
+RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $function$
+DECLARE
+    owner oid;
+BEGIN
+    SELECT c.relowner INTO owner FROM pg_catalog.pg_class c WHERE c.oid = target;
+    IF owner IS NULL THEN
+        RAISE EXCEPTION 'pg_clip: relation % does not exist', target USING ERRCODE = '42P01';
+    END IF;
+    IF NOT pg_catalog.pg_has_role(owner, 'USAGE') THEN
+        RAISE EXCEPTION 'pg_clip: must be owner of table %', target USING ERRCODE = '42501',
+            HINT = 'pg_clip acts on a table as its owner: run this as the owner, or as a member of its role.';
+    END IF;
+    IF with_urls AND NOT pg_catalog.has_function_privilege(
+            owner, '@extschema@.clip_embed_urls(pg_catalog.text[], pg_catalog.int4, pg_catalog.text[])', 'EXECUTE') THEN
+        RAISE EXCEPTION 'pg_clip: the owner of table % (%) may not run clip_embed_urls', target, owner::regrole
+            USING ERRCODE = '42501',
+                  HINT = pg_catalog.format('GRANT EXECUTE ON FUNCTION clip_embed_urls(text[], integer, text[]) TO %I;',
+                                           owner::regrole);
+    END IF;
+END
+$function$;
+
+-- What made the vectors, as written to a model_version column: the model, the precision, and the start of
+-- the ONNX file's SHA-256 (two checkpoints exported under one name differ there).
+CREATE OR REPLACE FUNCTION @extschema@.clip_backfill_model_version() RETURNS text
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $function$
+    SELECT i.model_version || ' ' || i.precision || ' ' || left(i.image_model_sha256, 12)
+      FROM @extschema@.clip_model_info() i
+$function$;
+
+-- The SHA-256 of a URL, as clip_backfill_failures.url_sha256 keeps it.
+CREATE OR REPLACE FUNCTION @extschema@.clip_backfill_url_sha256(url text) RETURNS bytea
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $function$ SELECT pg_catalog.sha256(pg_catalog.textsend(url)) $function$;
+
+-- Step 1 for CALL clip_backfill: the next rows to do after after_key (a URL, no vector, no permanent
+-- failure of their current URL on record unless retry_failed), in key order, at most batch_size; each
+-- claimed (a row the auto-embed worker holds is left to it). The rows are read as the table's owner
+-- (clip_backfill_pending_rows); keys and URLs come back as text. Returns the claimed keys and URLs, and
+-- the last key looked at (NULL: nothing left).
+CREATE OR REPLACE FUNCTION @extschema@.clip_backfill_pick(
+    target        regclass,
+    url_column    name,
+    vector_column name,
+    key_column    name,
+    after_key     text,
+    retry_failed  boolean,
+    batch_size    bigint,
+    OUT keys      text[],
+    OUT urls      text[],
+    OUT last_key  text)
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $function$
+BEGIN
+    WITH p AS MATERIALIZED (
+        SELECT p.row_key, p.url, p.ord
+        FROM @extschema@.clip_backfill_pending_rows(target, url_column, vector_column, key_column, after_key,
+                                                    batch_size) WITH ORDINALITY AS p(row_key, url, ord)),
+    -- (CASE, not AND: a row left out is never claimed.)
+    c AS (SELECT p.row_key, p.url, p.ord,
+                 CASE WHEN retry_failed OR NOT EXISTS (
+                          SELECT 1 FROM @extschema@.clip_backfill_failures f
+                           WHERE f.relation = target AND f.row_key = p.row_key AND f.permanent
+                             AND (f.url_sha256 IS NULL OR f.url_sha256 = @extschema@.clip_backfill_url_sha256(p.url)))
+                      THEN pg_catalog.pg_try_advisory_xact_lock(target::oid::int4, pg_catalog.hashtext(p.row_key))
+                      ELSE false END AS claimed
+          FROM p)
+    SELECT coalesce(pg_catalog.array_agg(c.row_key ORDER BY c.ord) FILTER (WHERE c.claimed), '{}'),
+           coalesce(pg_catalog.array_agg(c.url ORDER BY c.ord) FILTER (WHERE c.claimed), '{}'),
+           (pg_catalog.array_agg(c.row_key ORDER BY c.ord DESC))[1]
+      INTO keys, urls, last_key
+      FROM c;
+END
+$function$;
+
+-- Step 3: the failure records of a batch that clip_backfill_apply reported (the arrays are its output
+-- columns). An embedded row leaves clip_backfill_failures; a failed one enters it with the SHA-256 of the
+-- URL that failed, or counts one more attempt of that URL (a record of another URL starts over). Returns the
+-- failures recorded, with their attempt counts. Bookkeeping only: the user's table is not read.
+CREATE OR REPLACE FUNCTION @extschema@.clip_backfill_record(
+    target      regclass,
+    keys        text[],
+    urls        text[],
+    outcomes    text[],
+    sqlstates   text[],
+    errors      text[],
+    statuses    integer[],
+    transients  boolean[])
+RETURNS TABLE (row_key text, attempts integer)
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $function$
+BEGIN
+    DELETE FROM @extschema@.clip_backfill_failures f
+     USING ROWS FROM (pg_catalog.unnest(keys), pg_catalog.unnest(outcomes)) AS o(k, oc)
+     WHERE f.relation = target AND f.row_key = o.k AND o.oc = 'embedded';
+    RETURN QUERY
+    INSERT INTO @extschema@.clip_backfill_failures AS f
+           (relation, row_key, sqlstate, error, http_status, permanent, url_sha256)
+    SELECT target, o.k, o.s, o.e, o.h, NOT coalesce(o.tr, false), @extschema@.clip_backfill_url_sha256(o.u)
+    FROM ROWS FROM (pg_catalog.unnest(keys), pg_catalog.unnest(urls), pg_catalog.unnest(outcomes),
+                    pg_catalog.unnest(sqlstates), pg_catalog.unnest(errors), pg_catalog.unnest(statuses),
+                    pg_catalog.unnest(transients)) AS o(k, u, oc, s, e, h, tr)
+    WHERE o.oc = 'failed' AND o.k IS NOT NULL
+    ON CONFLICT ON CONSTRAINT clip_backfill_failures_pkey DO UPDATE
+        SET sqlstate = excluded.sqlstate, error = excluded.error, http_status = excluded.http_status,
+            permanent = excluded.permanent,
+            attempts = CASE WHEN f.url_sha256 IS NULL OR f.url_sha256 = excluded.url_sha256
+                            THEN f.attempts + 1 ELSE 1 END,
+            first_failed_at = CASE WHEN f.url_sha256 IS NULL OR f.url_sha256 = excluded.url_sha256
+                                   THEN f.first_failed_at ELSE now() END,
+            last_failed_at = now(), url_sha256 = excluded.url_sha256
+    RETURNING f.row_key, f.attempts;
+END
+$function$;
+
+-- Failure records that no longer say anything about their row go: the row is gone, has no URL, has a vector
+-- now, or has another URL than the one that failed (records made before 0.3.0, without the URL's SHA-256,
+-- adopt the row's current URL). The rows are read as the table's owner (clip_backfill_row_states), in
+-- chunks. Returns how many records went. Run by CALL clip_backfill at its start and by the auto-embed
+-- worker's look for pending rows.
+CREATE OR REPLACE FUNCTION @extschema@.clip_backfill_forget_stale(
+    target        regclass,
+    url_column    name,
+    vector_column name,
+    key_column    name)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $function$
+DECLARE
+    chunk     text[];
+    after     text := '';
+    forgotten bigint := 0;
+    n         bigint;
+BEGIN
+    PERFORM @extschema@.clip_backfill_authorize(target);
+    LOOP
+        SELECT pg_catalog.array_agg(f.row_key ORDER BY f.row_key COLLATE "C") INTO chunk
+          FROM (SELECT f.row_key FROM @extschema@.clip_backfill_failures f
+                 WHERE f.relation = target AND f.row_key COLLATE "C" > after
+                 ORDER BY f.row_key COLLATE "C" LIMIT 1000) f;
+        EXIT WHEN chunk IS NULL;
+        after := chunk[pg_catalog.cardinality(chunk)];
+        WITH s AS MATERIALIZED (
+            SELECT * FROM @extschema@.clip_backfill_row_states(target, url_column, vector_column, key_column, chunk, NULL)),
+        adopted AS (
+            UPDATE @extschema@.clip_backfill_failures f
+               SET url_sha256 = @extschema@.clip_backfill_url_sha256(s.url)
+              FROM s
+             WHERE f.relation = target AND f.row_key = s.row_key AND f.url_sha256 IS NULL
+               AND s.url IS NOT NULL AND NOT s.has_vector),
+        gone AS (
+            DELETE FROM @extschema@.clip_backfill_failures f
+             WHERE f.relation = target AND f.row_key = ANY (chunk)
+               AND NOT EXISTS (SELECT 1 FROM s WHERE s.row_key = f.row_key AND s.url IS NOT NULL AND NOT s.has_vector
+                                 AND (f.url_sha256 IS NULL
+                                      OR f.url_sha256 = @extschema@.clip_backfill_url_sha256(s.url)))
+            RETURNING 1)
+        SELECT count(*) INTO n FROM gone;
+        forgotten := forgotten + n;
+    END LOOP;
+    RETURN forgotten;
+END
+$function$;
+
+
+CREATE OR REPLACE PROCEDURE @extschema@.clip_backfill(
+    target        regclass,
+    url_column    name,
+    vector_column name,
+    key_column    name    DEFAULT NULL,   -- default: the table's single-column primary key
+    batch_size    integer DEFAULT 64,     -- rows per committed batch
+    concurrency   integer DEFAULT NULL,   -- downloads in flight; default and ceiling pg_clip.fetch_concurrency
+    retry_failed  boolean DEFAULT false,  -- also retry rows recorded as permanent failures
+    max_rows      bigint  DEFAULT NULL)   -- stop after this many rows (done + failed)
+LANGUAGE plpgsql
+AS $procedure$
+DECLARE
+    key_name      name;
+    version       text;
+    run           bigint;
+    total         bigint;
+    done          bigint := 0;
+    failed        bigint := 0;
+    skipped       bigint := 0;
+    batch_no      integer := 0;
+    started       timestamptz;
+    cur_keys      text[];
+    cur_urls      text[];
+    next_keys     text[];
+    next_urls     text[];
+    last_key      text;
+    o_keys        text[];
+    o_urls        text[];
+    o_outcomes    text[];
+    o_sqlstates   text[];
+    o_errors      text[];
+    o_statuses    integer[];
+    o_transients  boolean[];
+    batch_done    bigint;
+    batch_failed  bigint;
+    elapsed       float8;
+    rate          float8;
+    remaining     bigint;
+    other_pid     integer;
+BEGIN
+    -- No SET clause (it would forbid COMMIT): this transaction's search_path is pinned here, and each later
+    -- one's right after its COMMIT, so that nothing below resolves through the caller's search_path.
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+    started := pg_catalog.clock_timestamp();
+    IF batch_size IS NULL OR batch_size < 1 THEN
+        RAISE EXCEPTION 'pg_clip: batch_size must be at least 1' USING ERRCODE = '22023';
+    END IF;
+    IF concurrency IS NOT NULL AND concurrency < 1 THEN
+        RAISE EXCEPTION 'pg_clip: concurrency must be at least 1' USING ERRCODE = '22023';
+    END IF;
+    SELECT d.key_name INTO key_name
+      FROM @extschema@.clip_backfill_target(target, url_column, vector_column, key_column) d;
+    -- The table is read and written as its owner (clip_backfill_apply), who must be allowed to fetch; the
+    -- caller must be the owner, a member of its role, or a superuser.
+    PERFORM @extschema@.clip_backfill_authorize(target, with_urls => true);
+    version := @extschema@.clip_backfill_model_version();
+
+    -- One run per table at a time: two would walk the same rows. The transaction-level lock makes the check
+    -- and the insert atomic; the run row itself marks the table busy afterwards. (The auto-embed worker is no
+    -- run: the two share a table through the row claims.)
+    PERFORM pg_catalog.pg_advisory_xact_lock((709402716::bigint << 32) | target::oid::bigint);
+    UPDATE @extschema@.clip_backfill_runs r SET state = 'interrupted', finished_at = r.updated_at
+    WHERE r.relation = target AND r.state = 'running'
+      AND (r.pid = pg_catalog.pg_backend_pid()
+           OR NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity a
+                          WHERE a.pid = r.pid
+                            AND (a.backend_start IS NULL OR a.backend_start <= r.started_at)));
+    SELECT r.pid INTO other_pid FROM @extschema@.clip_backfill_runs r
+    WHERE r.relation = target AND r.state = 'running' LIMIT 1;
+    -- A run whose backend was just terminated can linger in pg_stat_activity for a moment while it exits:
+    -- give it up to 5 s to go before calling the table busy.
+    FOR i IN 1..50 LOOP
+        EXIT WHEN other_pid IS NULL;
+        PERFORM pg_catalog.pg_stat_clear_snapshot();
+        EXIT WHEN NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity a WHERE a.pid = other_pid);
+        PERFORM pg_catalog.pg_sleep(0.1);
+    END LOOP;
+    PERFORM pg_catalog.pg_stat_clear_snapshot();
+    IF other_pid IS NOT NULL AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity a WHERE a.pid = other_pid) THEN
+        UPDATE @extschema@.clip_backfill_runs r SET state = 'interrupted', finished_at = r.updated_at
+        WHERE r.relation = target AND r.state = 'running' AND r.pid = other_pid;
+        other_pid := NULL;
+    END IF;
+    IF other_pid IS NOT NULL THEN
+        RAISE EXCEPTION 'pg_clip: a backfill of % is already running (pid %)', target, other_pid
+            USING ERRCODE = '55006', HINT = 'Wait for it, or stop it with pg_cancel_backend(' || other_pid || ').';
+    END IF;
+
+    -- Failure records of rows that are gone or have another photo now say nothing: they go first, so that the
+    -- permanent ones left are those of rows still waiting (the total below), each with its current URL.
+    PERFORM @extschema@.clip_backfill_forget_stale(target, url_column, vector_column, key_name);
+    total := @extschema@.clip_backfill_count_pending(target, url_column, vector_column, key_name);
+    IF NOT retry_failed THEN
+        total := total - (SELECT count(*) FROM @extschema@.clip_backfill_failures f
+                           WHERE f.relation = target AND f.permanent);
+    END IF;
+    total := greatest(total, 0);
+    IF max_rows IS NOT NULL THEN
+        total := least(total, greatest(max_rows, 0));
+    END IF;
+
+    INSERT INTO @extschema@.clip_backfill_runs (relation, total, model_version)
+    VALUES (target, total, version) RETURNING run_id INTO run;
+    RAISE NOTICE 'clip_backfill: run % on %: % rows to embed, batches of %', run, target, total, batch_size;
+    COMMIT;
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+
+    SELECT p.keys, p.urls, p.last_key INTO cur_keys, cur_urls, last_key
+      FROM @extschema@.clip_backfill_pick(target, url_column, vector_column, key_name, NULL, retry_failed,
+                                          least(batch_size::bigint, total)) p;
+    WHILE last_key IS NOT NULL LOOP
+        -- The next batch is chosen now so that its downloads overlap this batch's (prefetch).
+        remaining := total - done - failed - skipped - pg_catalog.cardinality(cur_keys);
+        next_keys := '{}';
+        next_urls := '{}';
+        IF remaining > 0 THEN
+            SELECT p.keys, p.urls, p.last_key INTO next_keys, next_urls, last_key
+              FROM @extschema@.clip_backfill_pick(target, url_column, vector_column, key_name, last_key,
+                                                  retry_failed, least(batch_size::bigint, remaining)) p;
+        ELSE
+            last_key := NULL;
+        END IF;
+
+        SELECT pg_catalog.array_agg(a.row_key), pg_catalog.array_agg(a.url), pg_catalog.array_agg(a.outcome),
+               pg_catalog.array_agg(a.sqlstate), pg_catalog.array_agg(a.error), pg_catalog.array_agg(a.http_status),
+               pg_catalog.array_agg(a.transient)
+          INTO o_keys, o_urls, o_outcomes, o_sqlstates, o_errors, o_statuses, o_transients
+          FROM @extschema@.clip_backfill_apply(target, url_column, vector_column, key_name, cur_keys, cur_urls,
+                                               next_urls, concurrency, version) a;
+        SELECT count(*) INTO batch_failed
+          FROM @extschema@.clip_backfill_record(target, o_keys, o_urls, o_outcomes, o_sqlstates, o_errors,
+                                                o_statuses, o_transients);
+        batch_done := coalesce(pg_catalog.cardinality(pg_catalog.array_positions(o_outcomes, 'embedded')), 0);
+        done := done + batch_done;
+        failed := failed + batch_failed;
+        skipped := skipped + coalesce(pg_catalog.cardinality(o_keys), 0) - batch_done - batch_failed;
+        batch_no := batch_no + 1;
+        UPDATE @extschema@.clip_backfill_runs r
+        SET done = r.done + batch_done, failed = r.failed + batch_failed, batches = batch_no,
+            updated_at = pg_catalog.clock_timestamp()
+        WHERE r.run_id = run;
+        COMMIT;
+        PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+
+        IF coalesce(pg_catalog.cardinality(o_keys), 0) > 0 THEN
+            elapsed := extract(epoch FROM pg_catalog.clock_timestamp() - started);
+            rate := (done + failed) / greatest(elapsed, 0.001);
+            remaining := greatest(total - done - failed - skipped, 0);
+            RAISE NOTICE 'clip_backfill: % done, % failed, % remaining, % images/s, ETA %',
+                done, failed, remaining, round(rate::numeric, 1),
+                CASE WHEN rate > 0 THEN date_trunc('second', remaining / rate * interval '1 second')::text ELSE '?' END;
+        END IF;
+
+        cur_keys := next_keys;
+        cur_urls := next_urls;
+    END LOOP;
+
+    UPDATE @extschema@.clip_backfill_runs r
+    SET state = 'finished', finished_at = pg_catalog.clock_timestamp(), updated_at = pg_catalog.clock_timestamp()
+    WHERE r.run_id = run;
+    COMMIT;
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+    RAISE NOTICE 'clip_backfill: run % finished: % embedded, % failed% in %', run, done, failed,
+        CASE WHEN skipped > 0 THEN pg_catalog.format(', %s left to the auto-embed worker or changed meanwhile', skipped)
+             ELSE '' END,
+        date_trunc('second', pg_catalog.clock_timestamp() - started);
+END
+$procedure$;
+
+-- A restored dump brings its tables here (pg_restore loads this table's rows): their worker starts at that
+-- COMMIT, so the queue it restored is worked off without waiting for the next change or server start.
+CREATE OR REPLACE FUNCTION @extschema@.clip_auto_embed_tables_changed() RETURNS trigger
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $function$
+BEGIN
+    PERFORM @extschema@.clip_auto_embed_wake(start_worker => false);
+    RETURN NULL;
+END
+$function$;
+
+-- Queues the rows of target that are pending (a URL and no vector) and neither queued nor given up (a
+-- permanent failure of their current URL, or a transient one retried pg_clip.auto_embed_max_attempts times);
+-- returns how many. The worker runs it at every wake-up and at least every pg_clip.auto_embed_naptime: this
+-- is how new and changed rows reach the queue. The rows are read as the table's owner
+-- (clip_backfill_pending_rows, through the table's partial index of pending rows, in key order and in
+-- chunks); their keys and URLs come back as text. On the way, failure records about other photos or rows
+-- that are gone are forgotten, and so are queue entries waiting for a retry whose row wants nothing any more.
+CREATE OR REPLACE FUNCTION @extschema@.clip_auto_embed_sweep(target regclass) RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $function$
+DECLARE
+    c            @extschema@.clip_auto_embed_tables;
+    max_attempts integer := pg_catalog.current_setting('pg_clip.auto_embed_max_attempts')::integer;
+    chunk_size   constant integer := 10000;
+    after        text;
+    keys         text[];
+    urls         text[];
+    n            bigint;
+    queued       bigint := 0;
+BEGIN
+    PERFORM @extschema@.clip_backfill_authorize(target);
+    SELECT * INTO c FROM @extschema@.clip_auto_embed_tables t WHERE t.relation = target;
+    IF NOT FOUND THEN
+        RETURN 0;
+    END IF;
+    PERFORM @extschema@.clip_backfill_forget_stale(target, c.url_column, c.vector_column, c.key_column);
+    LOOP
+        SELECT pg_catalog.array_agg(p.row_key ORDER BY p.ord), pg_catalog.array_agg(p.url ORDER BY p.ord)
+          INTO keys, urls
+          FROM @extschema@.clip_backfill_pending_rows(target, c.url_column, c.vector_column, c.key_column, after,
+                                                      chunk_size) WITH ORDINALITY AS p(row_key, url, ord);
+        EXIT WHEN keys IS NULL;
+        after := keys[pg_catalog.cardinality(keys)];
+        WITH q AS (
+            INSERT INTO @extschema@.clip_auto_embed_queue (relation, row_key)
+            SELECT target, o.k FROM ROWS FROM (pg_catalog.unnest(keys), pg_catalog.unnest(urls)) WITH ORDINALITY AS o(k, u, n)
+            WHERE NOT EXISTS (SELECT 1 FROM @extschema@.clip_backfill_failures f
+                              WHERE f.relation = target AND f.row_key = o.k
+                                AND (f.url_sha256 IS NULL OR f.url_sha256 = @extschema@.clip_backfill_url_sha256(o.u))
+                                AND (f.permanent OR f.attempts >= max_attempts))
+            ORDER BY o.n  -- change ids in key order, whatever the plan
+            ON CONFLICT ON CONSTRAINT clip_auto_embed_queue_pkey DO NOTHING
+            RETURNING 1)
+        SELECT count(*) INTO n FROM q;
+        queued := queued + n;
+        EXIT WHEN pg_catalog.cardinality(keys) < chunk_size;
+    END LOOP;
+    -- Entries waiting for a retry (after a transient failure: up to retry_delay x 4^(attempts - 1)) whose row
+    -- is gone or wants nothing any more leave now, not when they come due: the status view counts them.
+    SELECT pg_catalog.array_agg(q.row_key) INTO keys
+      FROM (SELECT q.row_key FROM @extschema@.clip_auto_embed_queue q
+             WHERE q.relation = target AND q.not_before > pg_catalog.clock_timestamp()
+             ORDER BY q.not_before LIMIT 1000) q;
+    IF keys IS NOT NULL THEN
+        WITH s AS MATERIALIZED (
+            SELECT * FROM @extschema@.clip_backfill_row_states(target, c.url_column, c.vector_column, c.key_column,
+                                                               keys, @extschema@.clip_backfill_model_version()))
+        DELETE FROM @extschema@.clip_auto_embed_queue q
+         WHERE q.relation = target AND q.row_key = ANY (keys)
+           AND NOT EXISTS (SELECT 1 FROM s WHERE s.row_key = q.row_key AND s.url IS NOT NULL
+                             AND (NOT s.has_vector OR (q.replace AND s.other_version)));
+    END IF;
+    UPDATE @extschema@.clip_auto_embed_tables t SET last_sweep_at = pg_catalog.clock_timestamp()
+     WHERE t.relation = target;
+    RETURN queued;
+END
+$function$;
+
+-- The triggers clip_auto_embed installs (quietly: DROP TRIGGER IF EXISTS would NOTICE each one missing).
+CREATE OR REPLACE FUNCTION @extschema@.clip_auto_embed_drop_triggers(target regclass) RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $function$
+DECLARE
+    trigger name;
+BEGIN
+    PERFORM @extschema@.clip_backfill_authorize(target);
+    FOR trigger IN SELECT t.tgname FROM pg_catalog.pg_trigger t
+                   WHERE t.tgrelid = target AND t.tgname IN ('zz_clip_auto_embed_insert', 'zz_clip_auto_embed_url') LOOP
+        EXECUTE pg_catalog.format('DROP TRIGGER %I ON %s', trigger, target);
+    END LOOP;
+END
+$function$;
+
+
+CREATE OR REPLACE FUNCTION @extschema@.clip_auto_embed(
+    target        regclass,
+    url_column    name,
+    vector_column name,
+    key_column    name DEFAULT NULL)  -- default: the table's single-column primary key
+RETURNS bigint                        -- rows queued now: those with a URL and no vector yet
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $function$
+DECLARE
+    d           record;
+    kind        "char";
+    relname     name;
+    schema_name name;
+    index_name  name;
+    previous    @extschema@.clip_auto_embed_tables;
+    queued      bigint;
+BEGIN
+    IF target IS NULL THEN
+        RAISE EXCEPTION 'pg_clip: the table must be named' USING ERRCODE = '22004';
+    END IF;
+    -- Refuses (55000) unless the library is preloaded, which the worker needs; at COMMIT, starts this
+    -- database's worker if it is not running.
+    PERFORM @extschema@.clip_auto_embed_wake(start_worker => true);
+    SELECT c.relkind, c.relname, n.nspname INTO kind, relname, schema_name
+      FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = target;
+    IF kind = 'p' THEN
+        RAISE EXCEPTION 'pg_clip: % is a partitioned table', target USING ERRCODE = '0A000',
+            HINT = 'Turn automatic embedding on for each partition.';
+    ELSIF kind IS DISTINCT FROM 'r' THEN
+        RAISE EXCEPTION 'pg_clip: % is not a table', target USING ERRCODE = '42809';
+    END IF;
+    IF NOT pg_catalog.pg_has_role((SELECT c.relowner FROM pg_catalog.pg_class c WHERE c.oid = target), 'USAGE') THEN
+        RAISE EXCEPTION 'pg_clip: must be owner of table % to embed it automatically', target
+            USING ERRCODE = '42501';
+    END IF;
+    SELECT * INTO d FROM @extschema@.clip_backfill_target(target, url_column, vector_column, key_column);
+    -- The queue names a row by its key: it must be unique.
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_index i
+                   JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+                   WHERE i.indrelid = target AND i.indisunique AND i.indnkeyatts = 1 AND i.indpred IS NULL
+                     AND a.attname = d.key_name) THEN
+        RAISE EXCEPTION 'pg_clip: key column % of table % is not unique', pg_catalog.quote_ident(d.key_name), target
+            USING ERRCODE = '42P10', HINT = 'Name a column with a unique index, e.g. the primary key.';
+    END IF;
+    -- The worker reads and writes the table as its owner (src/backfill/as_owner.rs), as a CALL clip_backfill
+    -- by the owner would: the owner needs the URL functions.
+    PERFORM @extschema@.clip_backfill_authorize(target, with_urls => true);
+
+    -- The partial index of pending rows, (re)made when the columns change: the worker's look for work reads
+    -- it, so that the writers' INSERTs need to do nothing but wake the worker. (CREATE INDEX evaluates
+    -- the predicate as the table's owner, in a security-restricted operation, as PostgreSQL always does.)
+    SELECT * INTO previous FROM @extschema@.clip_auto_embed_tables t WHERE t.relation = target;
+    index_name := left(relname, 30) || '_clip_auto_embed_pending';
+    IF previous.pending_index IS NOT NULL AND (previous.pending_index <> index_name
+            OR (previous.url_column, previous.vector_column, previous.key_column) <> (url_column, vector_column, d.key_name)) THEN
+        EXECUTE pg_catalog.format('DROP INDEX IF EXISTS %I.%I', schema_name, previous.pending_index);
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid
+                   WHERE i.indrelid = target AND c.relname = index_name) THEN
+        EXECUTE pg_catalog.format('CREATE INDEX %I ON %s (%I) WHERE %I IS NULL AND %I IS NOT NULL',
+                                  index_name, target, d.key_name, vector_column, url_column);
+    END IF;
+
+    INSERT INTO @extschema@.clip_auto_embed_tables AS t (relation, url_column, vector_column, key_column, pending_index)
+    VALUES (target, url_column, vector_column, d.key_name, index_name)
+    ON CONFLICT (relation) DO UPDATE
+        SET url_column = excluded.url_column, vector_column = excluded.vector_column,
+            key_column = excluded.key_column, pending_index = excluded.pending_index,
+            last_error = NULL, last_error_at = NULL;
+
+    -- The triggers, (re)made with these columns. Named to fire after the table's other BEFORE triggers, so
+    -- that they see the URL a normalising trigger may have rewritten.
+    PERFORM @extschema@.clip_auto_embed_drop_triggers(target);
+    EXECUTE pg_catalog.format(
+        'CREATE TRIGGER zz_clip_auto_embed_insert AFTER INSERT ON %s FOR EACH STATEMENT '
+        'EXECUTE FUNCTION @extschema@.clip_auto_embed_inserted()',
+        target);
+    -- (The WHEN compares URLs only, text with text, with pg_catalog's operator; whether the vector was
+    -- written too is for the function to tell: a comparison of vectors here would need pgvector's = operator,
+    -- which pg_dump cannot qualify in a trigger's WHEN.)
+    EXECUTE pg_catalog.format(
+        'CREATE TRIGGER zz_clip_auto_embed_url BEFORE UPDATE OF %2$I ON %1$s FOR EACH ROW '
+        'WHEN (OLD.%2$I::pg_catalog.text IS DISTINCT FROM NEW.%2$I::pg_catalog.text) '
+        'EXECUTE FUNCTION @extschema@.clip_auto_embed_url_changed(%3$L, %4$L, %5$L)',
+        target, url_column, vector_column, d.key_name,
+        CASE WHEN d.has_version THEN 'model_version' ELSE '' END);
+
+    queued := @extschema@.clip_auto_embed_sweep(target);
+    RAISE NOTICE 'clip_auto_embed: % is embedded automatically from now on; % rows queued', target, queued;
+    RETURN queued;
+END
+$function$;
+
+
+CREATE OR REPLACE FUNCTION @extschema@.clip_auto_embed_stop(target regclass) RETURNS boolean
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $function$
+DECLARE
+    schema_name name;
+    index_name  name;
+    was_on      boolean;
+BEGIN
+    PERFORM @extschema@.clip_backfill_authorize(target);
+    SELECT n.nspname INTO schema_name
+      FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = target;
+    DELETE FROM @extschema@.clip_auto_embed_tables t WHERE t.relation = target RETURNING t.pending_index INTO index_name;
+    was_on := FOUND;
+    IF index_name IS NOT NULL THEN
+        EXECUTE pg_catalog.format('DROP INDEX IF EXISTS %I.%I', schema_name, index_name);
+    END IF;
+    PERFORM @extschema@.clip_auto_embed_drop_triggers(target);
+    DELETE FROM @extschema@.clip_auto_embed_queue q WHERE q.relation = target;
+    DELETE FROM @extschema@.clip_auto_embed_log l WHERE l.relation = target;
+    -- The worker looks again at COMMIT, and goes when no table is left.
+    PERFORM @extschema@.clip_auto_embed_wake(start_worker => false);
+    RETURN was_on;
+END
+$function$;
+
+-- Pausing keeps the triggers (changes are still queued) and lets the worker leave the table alone, for a
+-- bulk load or while the photo host is down.
+CREATE OR REPLACE FUNCTION @extschema@.clip_auto_embed_pause(target regclass, paused boolean DEFAULT true) RETURNS boolean
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $function$
+BEGIN
+    PERFORM @extschema@.clip_backfill_authorize(target);
+    UPDATE @extschema@.clip_auto_embed_tables t SET paused = clip_auto_embed_pause.paused
+     WHERE t.relation = target;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'pg_clip: % is not embedded automatically', target USING ERRCODE = '55000',
+            HINT = 'Turn it on with clip_auto_embed().';
+    END IF;
+    PERFORM @extschema@.clip_auto_embed_wake(start_worker => false);
+    RETURN paused;
+END
+$function$;
+
+-- The rows that failed (recorded in clip_backfill_failures, permanent or retried until given up) go back in
+-- the queue, with their attempts counted from zero. Returns how many.
+CREATE OR REPLACE FUNCTION @extschema@.clip_auto_embed_retry(target regclass) RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $function$
+DECLARE
+    queued bigint;
+BEGIN
+    PERFORM @extschema@.clip_backfill_authorize(target);
+    IF NOT EXISTS (SELECT 1 FROM @extschema@.clip_auto_embed_tables t WHERE t.relation = target) THEN
+        RAISE EXCEPTION 'pg_clip: % is not embedded automatically', target USING ERRCODE = '55000',
+            HINT = 'Turn it on with clip_auto_embed(), or run CALL clip_backfill(..., retry_failed => true).';
+    END IF;
+    WITH f AS (DELETE FROM @extschema@.clip_backfill_failures f WHERE f.relation = target RETURNING f.row_key),
+         q AS (INSERT INTO @extschema@.clip_auto_embed_queue (relation, row_key)
+               SELECT target, f.row_key FROM f
+               ON CONFLICT ON CONSTRAINT clip_auto_embed_queue_pkey DO UPDATE SET not_before = NULL
+               RETURNING 1)
+    SELECT count(*) INTO queued FROM q;
+    PERFORM @extschema@.clip_auto_embed_wake(start_worker => false);
+    RETURN queued;
+END
+$function$;
+
+-- After a model change: queues the rows whose model_version is not the model in force (nor one of
+-- keep_versions), to be re-embedded in the background. Their old vectors keep serving search until each is
+-- replaced; fresh changes go first. The rows are read as the table's owner (clip_backfill_outdated_rows),
+-- in chunks. Returns how many.
+CREATE OR REPLACE FUNCTION @extschema@.clip_auto_embed_requeue(target regclass, keep_versions text[] DEFAULT '{}')
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $function$
+DECLARE
+    c          @extschema@.clip_auto_embed_tables;
+    d          record;
+    version    text := @extschema@.clip_backfill_model_version();
+    chunk_size constant integer := 10000;
+    after      text;
+    keys       text[];
+    n          bigint;
+    queued     bigint := 0;
+BEGIN
+    PERFORM @extschema@.clip_backfill_authorize(target);
+    SELECT * INTO c FROM @extschema@.clip_auto_embed_tables t WHERE t.relation = target;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'pg_clip: % is not embedded automatically', target USING ERRCODE = '55000',
+            HINT = 'Turn it on with clip_auto_embed().';
+    END IF;
+    SELECT * INTO d FROM @extschema@.clip_backfill_target(target, c.url_column, c.vector_column, c.key_column);
+    IF NOT d.has_version THEN
+        RAISE EXCEPTION 'pg_clip: table % has no model_version column', target USING ERRCODE = '42703',
+            HINT = 'Without it pg_clip cannot tell which model made a vector.';
+    END IF;
+    LOOP
+        SELECT pg_catalog.array_agg(p.row_key ORDER BY p.ord) INTO keys
+          FROM @extschema@.clip_backfill_outdated_rows(target, c.url_column, c.vector_column, c.key_column, version,
+                                                       coalesce(keep_versions, '{}'), after, chunk_size)
+               WITH ORDINALITY AS p(row_key, url, ord);
+        EXIT WHEN keys IS NULL;
+        after := keys[pg_catalog.cardinality(keys)];
+        WITH q AS (INSERT INTO @extschema@.clip_auto_embed_queue (relation, row_key, replace)
+                   SELECT target, k, true FROM pg_catalog.unnest(keys) WITH ORDINALITY AS u(k, n) ORDER BY u.n
+                   ON CONFLICT ON CONSTRAINT clip_auto_embed_queue_pkey DO NOTHING RETURNING 1)
+        SELECT count(*) INTO n FROM q;
+        queued := queued + n;
+        EXIT WHEN pg_catalog.cardinality(keys) < chunk_size;
+    END LOOP;
+    PERFORM @extschema@.clip_auto_embed_wake(start_worker => false);
+    RETURN queued;
+END
+$function$;
+
+-- The worker's step 1: up to batch_size due entries of target, fresh changes first, oldest first, skipping
+-- the keys of the batch the worker has in hand; each claimed (a row CALL clip_backfill holds is left for
+-- now). Entries with nothing left to do (the row is gone, has no URL, or already has a vector, unless it is
+-- a re-embed for a model change) are settled on the way. The rows are read as the table's owner
+-- (clip_backfill_row_states).
+CREATE OR REPLACE FUNCTION @extschema@.clip_auto_embed_pick(
+    target     regclass,
+    exclude    text[],
+    batch_size integer,
+    version    text,               -- the model in force (clip_backfill_model_version()), for re-embeds
+    only_keys  text[] DEFAULT NULL) -- just these keys (the worker retrying a failed batch row by row)
+RETURNS TABLE (row_key text, change_id bigint, url text, replace boolean)
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $function$
+DECLARE
+    c            @extschema@.clip_auto_embed_tables;
+    cand_keys    text[];
+    cand_changes bigint[];
+    cand_replace boolean[];
+BEGIN
+    SELECT * INTO STRICT c FROM @extschema@.clip_auto_embed_tables t WHERE t.relation = target;
+    SELECT pg_catalog.array_agg(q.row_key ORDER BY q.replace, q.change_id),
+           pg_catalog.array_agg(q.change_id ORDER BY q.replace, q.change_id),
+           pg_catalog.array_agg(q.replace ORDER BY q.replace, q.change_id)
+      INTO cand_keys, cand_changes, cand_replace
+      FROM (SELECT q.row_key, q.change_id, q.replace FROM @extschema@.clip_auto_embed_queue q
+             WHERE q.relation = target AND (q.not_before IS NULL OR q.not_before <= pg_catalog.clock_timestamp())
+               AND NOT q.row_key = ANY (coalesce(exclude, '{}')) AND (only_keys IS NULL OR q.row_key = ANY (only_keys))
+             ORDER BY q.replace, q.change_id LIMIT batch_size) q;
+    IF cand_keys IS NULL THEN
+        RETURN;
+    END IF;
+    RETURN QUERY
+    WITH s AS MATERIALIZED (
+        SELECT * FROM @extschema@.clip_backfill_row_states(target, c.url_column, c.vector_column, c.key_column,
+                                                           cand_keys, version)),
+    st AS MATERIALIZED (
+        SELECT o.k, o.ch, o.r, o.ord, s.url,
+               coalesce(s.url IS NOT NULL AND (NOT s.has_vector OR (o.r AND s.other_version)), false) AS pending
+        FROM ROWS FROM (pg_catalog.unnest(cand_keys), pg_catalog.unnest(cand_changes), pg_catalog.unnest(cand_replace))
+             WITH ORDINALITY AS o(k, ch, r, ord)
+        LEFT JOIN s ON s.row_key = o.k),
+    settled AS (DELETE FROM @extschema@.clip_auto_embed_queue q USING st
+                WHERE NOT st.pending AND q.relation = target AND q.row_key = st.k AND q.change_id = st.ch)
+    SELECT st.k, st.ch, st.url, st.r FROM st
+    WHERE CASE WHEN st.pending
+               THEN pg_catalog.pg_try_advisory_xact_lock(target::oid::int4, pg_catalog.hashtext(st.k))
+               ELSE false END
+    ORDER BY st.ord;
+END
+$function$;
+
+-- The worker's step 3, after clip_backfill_apply: failures recorded (clip_backfill_record), and each
+-- entry settled unless its row changed again meanwhile (another change_id): embedded rows and permanent
+-- failures leave the queue; a transient failure waits retry_delay x 4^(attempts - 1) and is given up after
+-- max_attempts (it stays in clip_backfill_failures for a person: clip_auto_embed_retry); a skipped row
+-- (claimed elsewhere, locked by a user's transaction) is looked at again a second later. Bookkeeping only.
+CREATE OR REPLACE FUNCTION @extschema@.clip_auto_embed_settle(
+    target       regclass,
+    keys         text[],
+    change_ids   bigint[],
+    urls         text[],
+    outcomes     text[],
+    sqlstates    text[],
+    errors       text[],
+    statuses     integer[],
+    transients   boolean[],
+    max_attempts integer,
+    retry_delay  interval,
+    seconds      float8)
+RETURNS TABLE (embedded integer, failed integer, retrying integer)
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $function$
+BEGIN
+    -- One statement: the failure records (with their attempt counts), then the queue. The DELETE and the
+    -- UPDATE touch disjoint entries, so that they may share the statement.
+    RETURN QUERY
+    WITH r AS MATERIALIZED (
+        SELECT * FROM @extschema@.clip_backfill_record(target, keys, urls, outcomes, sqlstates, errors, statuses,
+                                                       transients)),
+    o AS MATERIALIZED (
+        SELECT o.k, o.c, o.oc, coalesce(o.tr, false) AS transient, r.attempts,
+               o.oc = 'embedded'
+               OR (o.oc = 'failed' AND (NOT coalesce(o.tr, false) OR coalesce(r.attempts, max_attempts) >= max_attempts))
+                   AS done
+        FROM ROWS FROM (pg_catalog.unnest(keys), pg_catalog.unnest(change_ids), pg_catalog.unnest(outcomes),
+                        pg_catalog.unnest(transients)) AS o(k, c, oc, tr)
+        LEFT JOIN r ON r.row_key = o.k),
+    done AS (
+        DELETE FROM @extschema@.clip_auto_embed_queue q USING o
+        WHERE q.relation = target AND q.row_key = o.k AND q.change_id = o.c AND o.done),
+    later AS (
+        UPDATE @extschema@.clip_auto_embed_queue q
+           SET not_before = pg_catalog.clock_timestamp()
+                            + CASE WHEN o.oc = 'failed' THEN retry_delay * 4 ^ least(o.attempts - 1, 8)
+                                   ELSE interval '1 second' END
+          FROM o
+         WHERE q.relation = target AND q.row_key = o.k AND q.change_id = o.c AND NOT o.done),
+    logged AS (
+        INSERT INTO @extschema@.clip_auto_embed_log (relation, embedded, failed, seconds)
+        SELECT target, count(*) FILTER (WHERE o.oc = 'embedded'), count(*) FILTER (WHERE o.oc = 'failed'), seconds
+        FROM o)
+    SELECT (count(*) FILTER (WHERE o.oc = 'embedded'))::integer,
+           (count(*) FILTER (WHERE o.oc = 'failed' AND o.attempts IS NOT NULL))::integer,
+           (count(*) FILTER (WHERE o.oc = 'failed' AND NOT o.done))::integer
+    FROM o;
+    DELETE FROM @extschema@.clip_auto_embed_log l
+     WHERE l.relation = target AND l.finished_at < pg_catalog.clock_timestamp() - interval '1 hour';
+END
+$function$;
+
+-- Lets a role embed the tables it owns from their URLs, by CALL clip_backfill and automatically: the URL
+-- functions, the procedure, the auto-embed functions, and pg_clip's bookkeeping tables, where row-level
+-- security shows it the records of the tables it owns and no others. For a superuser to run once per role
+-- (e.g. the application's owner role); REVOKE the same privileges to undo it.
+CREATE OR REPLACE FUNCTION @extschema@.clip_grant_backfill(role regrole) RETURNS void
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $function$
+DECLARE
+    object text;
+BEGIN
+    FOREACH object IN ARRAY ARRAY[
+        'FUNCTION @extschema@.clip_embed_url(text)',
+        'FUNCTION @extschema@.clip_try_embed_url(text)',
+        'FUNCTION @extschema@.clip_embed_urls(text[], integer, text[])',
+        'PROCEDURE @extschema@.clip_backfill(regclass, name, name, name, integer, integer, boolean, bigint)',
+        'FUNCTION @extschema@.clip_auto_embed(regclass, name, name, name)',
+        'FUNCTION @extschema@.clip_auto_embed_stop(regclass)',
+        'FUNCTION @extschema@.clip_auto_embed_pause(regclass, boolean)',
+        'FUNCTION @extschema@.clip_auto_embed_retry(regclass)',
+        'FUNCTION @extschema@.clip_auto_embed_requeue(regclass, text[])',
+        'FUNCTION @extschema@.clip_auto_embed_sweep(regclass)',
+        'FUNCTION @extschema@.clip_auto_embed_drop_triggers(regclass)',
+        'FUNCTION @extschema@.clip_auto_embed_wake(boolean)'] LOOP
+        EXECUTE pg_catalog.format('GRANT EXECUTE ON %s TO %s', object, role);
+    END LOOP;
+    EXECUTE pg_catalog.format(
+        'GRANT SELECT, INSERT, UPDATE, DELETE ON @extschema@.clip_backfill_failures, @extschema@.clip_backfill_runs, '
+        '@extschema@.clip_auto_embed_tables, @extschema@.clip_auto_embed_queue, @extschema@.clip_auto_embed_log TO %s', role);
+    EXECUTE pg_catalog.format(
+        'GRANT USAGE ON SEQUENCE @extschema@.clip_backfill_runs_run_id_seq, @extschema@.clip_auto_embed_change_seq TO %s', role);
+    EXECUTE pg_catalog.format(
+        'GRANT SELECT ON @extschema@.clip_backfill_progress, @extschema@.clip_auto_embed_status TO %s', role);
+END
+$function$;
+
