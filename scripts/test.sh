@@ -104,6 +104,15 @@ PG_CLIP_TEST_HTTP=http://127.0.0.1:$http_port \
 log "3/3 cold start: 8 first calls at once, one backend prepares the shared model, the others wait and map it"
 "$PY" tests/clients/test_cold_start.py "host=$PGHOST port=$PGPORT user=postgres dbname=pg_clip_regress"
 
+log "3/3 security: an owner's code never runs with more rights; each owner's bookkeeping its own (psycopg)"
+PG_CLIP_TEST_HTTP=http://127.0.0.1:$http_port \
+  "$PY" tests/clients/test_security.py "host=$PGHOST port=$PGPORT user=postgres"
+
+# Clusters of its own: a primary with every tower prepared, tar base backups, pgBackRest, failover and pg_rewind.
+log "3/3 backups and failover: pg_basebackup -Ft, pgBackRest, pg_ctl promote, pg_rewind"
+PG_CLIP_TEST_HTTP=http://127.0.0.1:$http_port PG_CLIP_TEST_INPUTS=$work \
+  "$PY" tests/clients/test_backup.py "$PG_BIN" "$as_postgres" "$ROOT/target/clusters/backup-pg$PG_MAJOR" "${BACKUP_PORT:-28840}"
+
 # Last: it restarts the cluster and kills its postmaster on purpose.
 log "3/3 automatic embedding: the background worker through restarts, faults, two databases (psycopg)"
 pg_ctl_command="$PG_BIN/pg_ctl -D $(cluster_dir regress)/data -l $(cluster_dir regress)/server.log"
