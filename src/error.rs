@@ -119,7 +119,7 @@ impl PgClipError {
             PgClipError::Fetched { inner, .. } => inner.sqlstate(),
             PgClipError::ColumnMissing { .. } => ERRCODE_UNDEFINED_COLUMN, // 42703
             PgClipError::Prerequisite { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, // 55000
-            PgClipError::NotPermitted { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE,           // 42501
+            PgClipError::NotPermitted { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE, // 42501
         }
     }
 

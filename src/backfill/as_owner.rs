@@ -95,9 +95,7 @@ fn with_search_path_hint<R>(f: impl FnOnce() -> R) -> R {
                 if let Some(detail) = report.detail() {
                     again = again.set_detail(detail.to_string());
                 }
-                again
-                    .set_hint(SEARCH_PATH_HINT)
-                    .report(PgLogLevel::ERROR);
+                again.set_hint(SEARCH_PATH_HINT).report(PgLogLevel::ERROR);
                 unreachable!("ERROR does not return")
             }
             other => other.rethrow(),
@@ -160,7 +158,9 @@ impl UserTable {
         if !unsafe { pg_sys::has_privs_of_role(pg_sys::GetUserId(), owner) } {
             PgClipError::NotPermitted {
                 what: format!("must be owner of table {display}"),
-                hint: Some("pg_clip acts on a table as its owner: run this as the owner, or as a member of its role.".into()),
+                hint: Some(
+                    "pg_clip acts on a table as its owner: run this as the owner, or as a member of its role.".into(),
+                ),
             }
             .raise("pg_clip");
         }
@@ -186,17 +186,20 @@ impl UserTable {
         // SAFETY: a type that exists (the column's); lookup_type_cache returns a cache entry that lives as long
         // as the backend; format_type_be_qualified returns a palloc'd string.
         let (key_type, eq, gt) = unsafe {
-            let entry = pg_sys::lookup_type_cache(
-                key_type_oid,
-                (pg_sys::TYPECACHE_EQ_OPR | pg_sys::TYPECACHE_GT_OPR) as i32,
-            );
+            let entry =
+                pg_sys::lookup_type_cache(key_type_oid, (pg_sys::TYPECACHE_EQ_OPR | pg_sys::TYPECACHE_GT_OPR) as i32);
             let name = CStr::from_ptr(pg_sys::format_type_be_qualified(key_type_oid)).to_string_lossy().into_owned();
             (name, (*entry).eq_opr, (*entry).gt_opr)
         };
         if eq == pg_sys::Oid::INVALID || gt == pg_sys::Oid::INVALID {
             PgClipError::NotPermitted {
-                what: format!("the key column {} of table {display} has a type without a btree ordering", quote_ident(&key_name)),
-                hint: Some("Name a key column of a type with a default btree operator class, e.g. the primary key.".into()),
+                what: format!(
+                    "the key column {} of table {display} has a type without a btree ordering",
+                    quote_ident(&key_name)
+                ),
+                hint: Some(
+                    "Name a key column of a type with a default btree operator class, e.g. the primary key.".into(),
+                ),
             }
             .raise("pg_clip");
         }

@@ -395,8 +395,7 @@ mod tests {
         for tower in towers {
             let s = PreparedSlot::new(&root, &long_version, tower, "f".repeat(64).as_str(), "1.31.1");
             let tmp = s.begin(None).unwrap();
-            let mut written =
-                vec![s.dir.join(DATA_FILE), s.dir.join(RECORD_FILE), s.lock_path(), tmp.join(DATA_FILE)];
+            let mut written = vec![s.dir.join(DATA_FILE), s.dir.join(RECORD_FILE), s.lock_path(), tmp.join(DATA_FILE)];
             written.push(root.join(super::super::checksum::MEMO_FILE));
             for path in written {
                 let relative = path.strip_prefix(&root).unwrap().to_string_lossy().into_owned();
