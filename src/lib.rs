@@ -5,12 +5,14 @@
 //! thin), `pgvector` (the vector varlena), `model` (manifest, ONNX Runtime session per backend, cache),
 //! `image` (decode + CLIP preprocessing, pure), `tokenizer` (CLIP BPE and BERT WordPiece, pure), `fetch` (URL
 //! policy and capped downloads on the backend's fetch threads, no Postgres), `backfill` (embedding tables from
-//! URLs: the batch pipeline, the triggers and background workers of automatic embedding).
+//! URLs: the batch pipeline, the triggers and background workers of automatic embedding), `distributed`
+//! (Citus: the query vector folded once before Citus plans a search).
 use pgrx::prelude::*;
 
 ::pgrx::pg_module_magic!(name, version);
 
 pub mod backfill;
+pub mod distributed;
 pub mod error;
 pub mod fetch;
 pub mod image;
@@ -30,7 +32,9 @@ pub extern "C-unwind" fn _PG_init() {
     // SAFETY: a flag the postmaster sets while it loads shared_preload_libraries.
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
         backfill::registry::init_shared_memory();
+        model::node_stats::init_shared_memory();
         backfill::worker::register_launcher();
         backfill::step_aside::install();
+        distributed::fold::install();
     }
 }

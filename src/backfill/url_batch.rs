@@ -202,6 +202,7 @@ fn infer(
     match result {
         Ok(embeddings) => {
             state.stats.inferences += ready.len() as u64;
+            crate::model::node_stats::add(ready.len() as u64);
             for ((url, _, status, attempts), mut embedding) in ready.into_iter().zip(embeddings) {
                 crate::pgvector::l2_normalize(&mut embedding);
                 let outcome =

@@ -5,6 +5,7 @@ pub mod cache;
 pub mod checksum;
 pub mod encoder;
 pub mod manifest;
+pub mod node_stats;
 pub mod prepared;
 pub mod runtime;
 pub mod text;
@@ -292,6 +293,7 @@ pub fn embed_text(text: &str, request: &EmbedRequest) -> Result<Arc<[f32]>> {
     crate::pgvector::l2_normalize(&mut embedding);
     let embedding: Arc<[f32]> = Arc::from(embedding);
     state.stats.inferences += 1;
+    node_stats::add(1);
     state.stats.inference_time += started.elapsed();
     state.cache.put(context, text.as_bytes(), embedding.clone());
     Ok(embedding)
@@ -322,6 +324,7 @@ pub fn embed_image(bytes: &[u8], request: &EmbedRequest) -> Result<Arc<[f32]>> {
 
     let stats = &mut state.stats;
     stats.inferences += 1;
+    node_stats::add(1);
     stats.preprocess_time += preprocessed - started;
     stats.inference_time += preprocessed.elapsed();
     state.cache.put(context, bytes, embedding.clone());
