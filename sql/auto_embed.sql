@@ -203,6 +203,7 @@ DECLARE
     index_name  name;
     previous    @extschema@.clip_auto_embed_tables;
     queued      bigint;
+    distributed boolean;
 BEGIN
     IF target IS NULL THEN
         RAISE EXCEPTION 'pg_clip: the table must be named' USING ERRCODE = '22004';
@@ -234,6 +235,15 @@ BEGIN
     -- The worker reads and writes the table as its owner (src/backfill/as_owner.rs), as a CALL clip_backfill
     -- by the owner would: the owner needs the URL functions.
     PERFORM @extschema@.clip_backfill_authorize(target, with_urls => true);
+
+    -- A Citus table spread over nodes (sql/distributed.sql): the index and the triggers made here reach every
+    -- shard, and each node's worker serves the shards it holds. Citus refuses triggers on such a table unless
+    -- told they are safe there: pg_clip's are (the URL trigger changes its own row only, the INSERT trigger
+    -- only wakes the worker of the node it fires on).
+    distributed := @extschema@.clip_is_distributed(target);
+    IF distributed THEN
+        PERFORM pg_catalog.set_config('citus.enable_unsafe_triggers', 'on', true);
+    END IF;
 
     -- The partial index of pending rows, (re)made when the columns change: the worker's look for work reads
     -- it, so that the writers' INSERTs need to do nothing but wake the worker. (CREATE INDEX evaluates
@@ -274,6 +284,14 @@ BEGIN
         target, url_column, vector_column, d.key_name,
         CASE WHEN d.has_version THEN 'model_version' ELSE '' END);
 
+    IF distributed THEN
+        -- The nodes' workers find the shards' triggers once this transaction commits; the rows they will
+        -- queue are those pending now.
+        queued := @extschema@.clip_distributed_pending(target, url_column, vector_column, d.key_name);
+        RAISE NOTICE 'clip_auto_embed: % (distributed) is embedded automatically from now on, by the worker of '
+                     'each node that holds its shards; % rows pending', target, queued;
+        RETURN queued;
+    END IF;
     queued := @extschema@.clip_auto_embed_sweep(target);
     RAISE NOTICE 'clip_auto_embed: % is embedded automatically from now on; % rows queued', target, queued;
     RETURN queued;
@@ -290,6 +308,11 @@ DECLARE
     was_on      boolean;
 BEGIN
     PERFORM @extschema@.clip_backfill_authorize(target);
+    -- A distributed table: the triggers and the index go from every shard with them; each node's worker
+    -- forgets its shards (their queue and records) when it sees their trigger gone, within a naptime.
+    IF @extschema@.clip_is_distributed(target) THEN
+        PERFORM pg_catalog.set_config('citus.enable_unsafe_triggers', 'on', true);
+    END IF;
     SELECT n.nspname INTO schema_name
       FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = target;
     DELETE FROM @extschema@.clip_auto_embed_tables t WHERE t.relation = target RETURNING t.pending_index INTO index_name;
@@ -320,6 +343,11 @@ BEGIN
         RAISE EXCEPTION 'pg_clip: % is not embedded automatically', target USING ERRCODE = '55000',
             HINT = 'Turn it on with clip_auto_embed().';
     END IF;
+    -- A distributed table: its shards are served by the nodes' workers (sql/distributed.sql).
+    IF @extschema@.clip_is_distributed(target) THEN
+        PERFORM @extschema@.clip_auto_embed_on_nodes(target, 'pause', paused);
+        RETURN paused;
+    END IF;
     PERFORM @extschema@.clip_auto_embed_wake(start_worker => false);
     RETURN paused;
 END
@@ -338,6 +366,11 @@ BEGIN
     IF NOT EXISTS (SELECT 1 FROM @extschema@.clip_auto_embed_tables t WHERE t.relation = target) THEN
         RAISE EXCEPTION 'pg_clip: % is not embedded automatically', target USING ERRCODE = '55000',
             HINT = 'Turn it on with clip_auto_embed(), or run CALL clip_backfill(..., retry_failed => true).';
+    END IF;
+    IF @extschema@.clip_is_distributed(target) THEN
+        -- The nodes queue their records' rows; the coordinator's copies of the records go.
+        DELETE FROM @extschema@.clip_backfill_failures f WHERE f.relation = target;
+        RETURN @extschema@.clip_auto_embed_on_nodes(target, 'retry');
     END IF;
     WITH f AS (DELETE FROM @extschema@.clip_backfill_failures f WHERE f.relation = target RETURNING f.row_key),
          q AS (INSERT INTO @extschema@.clip_auto_embed_queue (relation, row_key)
@@ -374,6 +407,9 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION 'pg_clip: % is not embedded automatically', target USING ERRCODE = '55000',
             HINT = 'Turn it on with clip_auto_embed().';
+    END IF;
+    IF @extschema@.clip_is_distributed(target) THEN
+        RETURN @extschema@.clip_auto_embed_on_nodes(target, 'requeue', keep_versions => keep_versions);
     END IF;
     SELECT * INTO d FROM @extschema@.clip_backfill_target(target, c.url_column, c.vector_column, c.key_column);
     IF NOT d.has_version THEN
@@ -520,19 +556,21 @@ SELECT c.relation,
        c.vector_column,
        c.key_column,
        c.paused,
-       COALESCE(q.pending, 0) AS pending,                 -- changed rows waiting for a vector
-       pg_catalog.round(EXTRACT(epoch FROM pg_catalog.clock_timestamp() OPERATOR(pg_catalog.-) q.oldest), 1)
+       COALESCE(ds.pending, q.pending, 0) AS pending,     -- changed rows waiting for a vector
+       COALESCE(ds.lag_seconds,
+                pg_catalog.round(EXTRACT(epoch FROM pg_catalog.clock_timestamp() OPERATOR(pg_catalog.-) q.oldest), 1))
            AS lag_seconds,                                -- how long the oldest of them has waited
-       COALESCE(q.retrying, 0) AS retrying,               -- of those, waiting to retry a transient failure
-       COALESCE(q.reembed, 0) AS reembed_pending,         -- rows queued for a new model (clip_auto_embed_requeue)
-       COALESCE(l.embedded, 0) AS embedded_last_minute,
-       (SELECT pg_catalog.count(*) FROM @extschema@.clip_backfill_failures f
-         WHERE f.relation OPERATOR(pg_catalog.=) c.relation) AS failed,
-       w.pid AS worker_pid,
-       w.state AS worker_state,
-       c.last_error,
+       COALESCE(ds.retrying, q.retrying, 0) AS retrying,  -- of those, waiting to retry a transient failure
+       COALESCE(ds.reembed_pending, q.reembed, 0) AS reembed_pending,  -- queued for a new model (clip_auto_embed_requeue)
+       COALESCE(ds.embedded_last_minute, l.embedded, 0) AS embedded_last_minute,
+       COALESCE(ds.failed, (SELECT pg_catalog.count(*) FROM @extschema@.clip_backfill_failures f
+                             WHERE f.relation OPERATOR(pg_catalog.=) c.relation)) AS failed,
+       CASE WHEN NOT d.distributed THEN w.pid END AS worker_pid,
+       CASE WHEN d.distributed THEN ds.worker_state ELSE w.state END AS worker_state,  -- on Citus: each node's
+       COALESCE(ds.last_error, c.last_error) AS last_error,
        c.last_error_at
 FROM @extschema@.clip_auto_embed_tables c
+CROSS JOIN LATERAL (SELECT @extschema@.clip_is_distributed(c.relation) AS distributed) d
 LEFT JOIN LATERAL (SELECT pg_catalog.count(*) FILTER (WHERE NOT q.replace) AS pending,
                           pg_catalog.min(q.queued_at) FILTER (WHERE NOT q.replace) AS oldest,
                           pg_catalog.count(*) FILTER (WHERE q.not_before OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp())
@@ -544,6 +582,9 @@ LEFT JOIN LATERAL (SELECT pg_catalog.sum(l.embedded) AS embedded FROM @extschema
                    WHERE l.relation OPERATOR(pg_catalog.=) c.relation
                      AND l.finished_at OPERATOR(pg_catalog.>)
                          (pg_catalog.clock_timestamp() OPERATOR(pg_catalog.-) '1 minute'::pg_catalog.interval)) l ON true
+-- A distributed table's figures come from its nodes (asked only for such a table: a one-time filter).
+LEFT JOIN LATERAL (SELECT s.* FROM @extschema@.clip_auto_embed_cluster_status(c.relation) s
+                   WHERE d.distributed) ds ON true
 CROSS JOIN @extschema@.clip_auto_embed_worker() w;
 COMMENT ON VIEW @extschema@.clip_auto_embed_status IS
     'pg_clip: per table embedded automatically: pending rows, lag, rate, failures, the worker';
@@ -557,7 +598,11 @@ LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $function$
 DECLARE
-    object text;
+    object      text;
+    coordinator boolean;
+    names       text[];
+    ports       integer[];
+    answer      record;
 BEGIN
     FOREACH object IN ARRAY ARRAY[
         'FUNCTION @extschema@.clip_embed_url(text)',
@@ -571,7 +616,14 @@ BEGIN
         'FUNCTION @extschema@.clip_auto_embed_requeue(regclass, text[])',
         'FUNCTION @extschema@.clip_auto_embed_sweep(regclass)',
         'FUNCTION @extschema@.clip_auto_embed_drop_triggers(regclass)',
-        'FUNCTION @extschema@.clip_auto_embed_wake(boolean)'] LOOP
+        'FUNCTION @extschema@.clip_auto_embed_wake(boolean)',
+        -- Citus (sql/distributed.sql): the steps of a distributed table's backfill and automatic embedding.
+        'PROCEDURE @extschema@.clip_backfill_node(text[], name, name, name, integer, integer, boolean, bigint, boolean, jsonb)',
+        'PROCEDURE @extschema@.clip_backfill_distributed(regclass, name, name, name, integer, integer, boolean, bigint, bigint)',
+        'FUNCTION @extschema@.clip_distributed_pending(regclass, name, name, name)',
+        'FUNCTION @extschema@.clip_auto_embed_discover()',
+        'FUNCTION @extschema@.clip_auto_embed_on_nodes(regclass, text, boolean, text[])',
+        'FUNCTION @extschema@.clip_auto_embed_shard_action(text[], text, boolean, text[])'] LOOP
         EXECUTE pg_catalog.format('GRANT EXECUTE ON %s TO %s', object, role);
     END LOOP;
     EXECUTE pg_catalog.format(
@@ -581,6 +633,29 @@ BEGIN
         'GRANT USAGE ON SEQUENCE @extschema@.clip_backfill_runs_run_id_seq, @extschema@.clip_auto_embed_change_seq TO %s', role);
     EXECUTE pg_catalog.format(
         'GRANT SELECT ON @extschema@.clip_backfill_progress, @extschema@.clip_auto_embed_status TO %s', role);
+    -- On a Citus coordinator, the same on every other node: the role is there (Citus makes roles on every
+    -- node), but Citus does not carry GRANTs on an extension's objects. The nodes' own calls end here.
+    IF pg_catalog.to_regclass('pg_catalog.pg_dist_local_group') IS NOT NULL THEN
+        EXECUTE 'SELECT g.groupid OPERATOR(pg_catalog.=) 0 FROM pg_catalog.pg_dist_local_group g' INTO coordinator;
+        IF coordinator THEN
+            SELECT pg_catalog.array_agg(c.node_name), pg_catalog.array_agg(c.node_port) INTO names, ports
+              FROM @extschema@.clip_citus_nodes() c WHERE c.group_id OPERATOR(pg_catalog.<>) 0;
+            IF names IS NOT NULL THEN
+                FOR answer IN EXECUTE
+                    'SELECT r.node_name, r.node_port, r.success, r.result
+                       FROM pg_catalog.master_run_on_worker($1, $2, pg_catalog.array_fill($3, ARRAY[pg_catalog.cardinality($1)]), true) r'
+                    USING names, ports,
+                          pg_catalog.format('SELECT %I.clip_grant_backfill(%L::pg_catalog.regrole)', '@extschema@', role::text)
+                LOOP
+                    IF NOT answer.success THEN
+                        RAISE EXCEPTION 'pg_clip: could not grant the backfill to % on node %:%: %', role,
+                            answer.node_name, answer.node_port, answer.result
+                            USING ERRCODE = '08006', HINT = 'Bring the node back and run clip_grant_backfill again.';
+                    END IF;
+                END LOOP;
+            END IF;
+        END IF;
+    END IF;
 END
 $function$;
 

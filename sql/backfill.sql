@@ -449,6 +449,16 @@ BEGIN
             USING ERRCODE = '55006', HINT = 'Wait for it, or stop it with pg_cancel_backend(' || other_pid || ').';
     END IF;
 
+    -- A Citus table spread over nodes: the nodes that hold its shards embed them (sql/distributed.sql).
+    IF @extschema@.clip_is_distributed(target) THEN
+        INSERT INTO @extschema@.clip_backfill_runs (relation, total, model_version)
+        VALUES (target, 0, version) RETURNING run_id INTO run;
+        COMMIT;
+        CALL @extschema@.clip_backfill_distributed(target, url_column, vector_column, key_name, batch_size,
+                                                   concurrency, retry_failed, max_rows, run);
+        RETURN;
+    END IF;
+
     -- Failure records of rows that are gone or have another photo now say nothing: they go first, so that the
     -- permanent ones left are those of rows still waiting (the total below), each with its current URL.
     PERFORM @extschema@.clip_backfill_forget_stale(target, url_column, vector_column, key_name);

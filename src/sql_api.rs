@@ -446,10 +446,23 @@ fn clip_auto_embed_worker() -> TableIterator<
     TableIterator::once((info.pid, state, started))
 }
 
+/// What this node (every backend and worker of this server) has inferred since the server started; NULL when
+/// the library is not preloaded (no shared memory to count in). On Citus, clip_cluster_model_info() shows it
+/// for every node: which node ran the model for a search or a backfill.
+#[pg_extern(volatile, parallel_safe)]
+fn clip_node_inferences() -> Option<i64> {
+    crate::model::node_stats::total().map(|n| n as i64)
+}
+
 // Then the SQL of the engine and of automatic embedding: they grant on, and call, the functions above.
 pgrx::extension_sql_file!(
     "../sql/backfill.sql",
     name = "backfill",
     requires = [clip_embed_urls, clip_embed_url, clip_try_embed_url, clip_model_info]
+);
+pgrx::extension_sql_file!(
+    "../sql/distributed.sql",
+    name = "distributed",
+    requires = ["backfill", clip_node_inferences, clip_model_info]
 );
 pgrx::extension_sql_file!("../sql/auto_embed.sql", name = "auto_embed", finalize);

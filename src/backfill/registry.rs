@@ -345,8 +345,16 @@ unsafe extern "C-unwind" fn on_transaction_end(event: pg_sys::XactEvent::Type, _
                 let _ = std::panic::catch_unwind(|| wake_or_start(wanted & START != 0));
             }
         }
-        // A prepared transaction commits later, maybe in another backend; the worker's poll finds its rows.
-        XACT_EVENT_ABORT | XACT_EVENT_PREPARE | XACT_EVENT_PARALLEL_ABORT => {
+        // A prepared transaction commits later, maybe in another backend; the worker's poll finds its rows. A
+        // start asked for is done now (Citus prepares the shards' side of clip_auto_embed on the coordinator,
+        // and a move's: the worker of a Citus database stays and finds them once they commit).
+        XACT_EVENT_PREPARE => {
+            let wanted = AT_COMMIT.swap(0, Ordering::Relaxed);
+            if wanted & START != 0 {
+                let _ = std::panic::catch_unwind(|| wake_or_start(true));
+            }
+        }
+        XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT => {
             AT_COMMIT.store(0, Ordering::Relaxed);
         }
         _ => {}

@@ -57,20 +57,19 @@ unsafe extern "C-unwind" fn process_utility(
     if let Some(database) = database {
         ask_worker_to_go(database);
     }
+    // The same hook serves Citus: pg_clip's URL trigger made on a shard (a move, a split, clip_auto_embed on
+    // the coordinator) starts this database's worker, which finds the shard (crate::distributed).
+    // SAFETY: as above.
+    if unsafe { crate::distributed::creates_auto_embed_trigger((*statement).utilityStmt) } {
+        registry::wake_at_commit(true);
+    }
     let run = || {
         // SAFETY: the arguments as received; the previous hook, or PostgreSQL's own, runs the command.
         unsafe {
             match PREVIOUS {
-                Some(previous) => previous(
-                    statement,
-                    query,
-                    read_only_tree,
-                    context,
-                    params,
-                    environment,
-                    destination,
-                    completion,
-                ),
+                Some(previous) => {
+                    previous(statement, query, read_only_tree, context, params, environment, destination, completion)
+                }
                 None => pg_sys::standard_ProcessUtility(
                     statement,
                     query,
@@ -120,7 +119,9 @@ unsafe fn database_needed_alone(node: *mut pg_sys::Node) -> Option<pg_sys::Oid> 
                 }
                 (*alter).dbname
             }
-            pg_sys::NodeTag::T_CreatedbStmt => option_string((*(node as *mut pg_sys::CreatedbStmt)).options, c"template")?,
+            pg_sys::NodeTag::T_CreatedbStmt => {
+                option_string((*(node as *mut pg_sys::CreatedbStmt)).options, c"template")?
+            }
             _ => return None,
         }
     };

@@ -230,6 +230,11 @@ struct Table {
     paused: bool,
     /// Seconds until the earliest retry that is not due yet.
     next_retry_in: Option<f64>,
+    /// A shard of a Citus table (sql/distributed.sql): embedded only while Citus places it on this node, and
+    /// each batch under the shard's metadata lock.
+    shard: bool,
+    /// False for a shard that Citus places on another node now (moving here, or moved away).
+    served: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -406,7 +411,7 @@ pub extern "C-unwind" fn pg_clip_auto_embed_main(arg: pg_sys::Datum) {
         }
     };
     let mut worker = Worker { database, schema, tables: HashMap::new() };
-    if worker.table_count() == Some(0) || !registry::claim(database) {
+    if worker.has_work() == Some(false) || !registry::claim(database) {
         leave();
     }
     // SAFETY: a plain C callback run when the process exits, however it exits (FATAL from SIGTERM included).
@@ -428,6 +433,21 @@ fn pin_search_path() {
         pg_sys::set_config_option(
             c"search_path".as_ptr(),
             c"pg_catalog, pg_temp".as_ptr(),
+            pg_sys::GucContext::PGC_SUSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_SET,
+            true,
+            0,
+            false,
+        );
+    }
+    // On a Citus node, Citus hides shards from pg_class in ordinary sessions: the worker must see the shards it
+    // serves (its look for dropped tables reads pg_class). Outside Citus this only sets an unused placeholder.
+    // SAFETY: as above, a boolean setting.
+    unsafe {
+        pg_sys::set_config_option(
+            c"citus.override_table_visibility".as_ptr(),
+            c"off".as_ptr(),
             pg_sys::GucContext::PGC_SUSET,
             pg_sys::GucSource::PGC_S_SESSION,
             pg_sys::GucAction::GUC_ACTION_SET,
@@ -495,7 +515,7 @@ impl Worker {
                     // Give the slot up, then look once more: a clip_auto_embed that committed meanwhile saw
                     // this worker alive and only set its latch.
                     registry::release(self.database, true);
-                    if self.table_count() != Some(0) && registry::claim(self.database) {
+                    if self.has_work() != Some(false) && registry::claim(self.database) {
                         continue;
                     }
                     pgrx::log!("pg_clip auto-embed: no table left to embed; worker exits");
@@ -515,16 +535,20 @@ impl Worker {
         text.replace("@extschema@", &self.schema)
     }
 
-    fn table_count(&self) -> Option<i64> {
+    /// Whether this database has tables to serve, or is a Citus database, where shards that need serving can
+    /// arrive at any time (a move, a split, clip_auto_embed on the coordinator committed in two phases) and
+    /// the worker stays to find them (`clip_auto_embed_discover` at every round).
+    fn has_work(&self) -> Option<bool> {
         in_transaction("counting tables", || {
             // (The table may be gone with the extension: then there is nothing to count.)
             match Spi::get_one::<bool>(
                 &self.sql("SELECT pg_catalog.to_regclass('@extschema@.clip_auto_embed_tables') IS NOT NULL"),
             ) {
-                Ok(Some(true)) => {
-                    Spi::get_one::<i64>(&self.sql("SELECT count(*) FROM @extschema@.clip_auto_embed_tables"))
-                }
-                other => other.map(|_| Some(0)),
+                Ok(Some(true)) => Spi::get_one::<bool>(&self.sql(
+                    "SELECT EXISTS (SELECT 1 FROM @extschema@.clip_auto_embed_tables) \
+                         OR pg_catalog.to_regclass('pg_catalog.pg_dist_shard') IS NOT NULL",
+                )),
+                other => other.map(|_| Some(false)),
             }
         })
         .ok()
@@ -532,15 +556,15 @@ impl Worker {
     }
 
     fn round(&mut self, settings: &AutoEmbedSettings) -> Result<Round, Failure> {
-        let tables = in_transaction("reading clip_auto_embed_tables", || self.load_tables())?
+        let (tables, citus) = in_transaction("reading clip_auto_embed_tables", || self.load_tables())?
             .map_err(|e| Failure { sqlstate: "58000".into(), message: e.to_string() })?;
         if tables.is_empty() {
-            return Ok(Round::Empty);
+            return Ok(if citus { Round::Idle(settings.naptime) } else { Round::Empty });
         }
         self.tables.retain(|relation, _| tables.iter().any(|t| t.relation.to_u32() == *relation));
         let mut busy = false;
         let mut next = settings.naptime;
-        for table in tables.iter().filter(|t| !t.paused) {
+        for table in tables.iter().filter(|t| !t.paused && t.served) {
             let state = self.tables.entry(table.relation.to_u32()).or_default();
             if let Some(until) = state.wait_until {
                 let now = Instant::now();
@@ -574,7 +598,10 @@ impl Worker {
         Ok(if busy { Round::Busy } else { Round::Idle(next) })
     }
 
-    fn load_tables(&self) -> Result<Vec<Table>, pgrx::spi::SpiError> {
+    /// The tables to serve, and whether this is a Citus database. On Citus: this node's shards of
+    /// auto-embedded tables registered first (`clip_auto_embed_discover`), and the distributed tables
+    /// themselves (registered on the coordinator) left to the nodes that hold their shards.
+    fn load_tables(&self) -> Result<(Vec<Table>, bool), pgrx::spi::SpiError> {
         Spi::connect_mut(|client| {
             // pg_clip dropped (or re-created in another schema) since this worker started: nothing to serve
             // here; a commit or the launcher starts a worker that knows the new schema.
@@ -587,8 +614,20 @@ impl Worker {
                 .first()
                 .get_one::<bool>()?;
             if present != Some(true) {
-                return Ok(Vec::new());
+                return Ok((Vec::new(), false));
             }
+            let citus = client
+                .update(
+                    &self.sql(
+                        "SELECT pg_catalog.to_regclass('pg_catalog.pg_dist_shard') IS NOT NULL \
+                            AND @extschema@.clip_auto_embed_discover() IS NOT NULL",
+                    ),
+                    None,
+                    &[],
+                )?
+                .first()
+                .get_one::<bool>()?
+                == Some(true);
             // Tables dropped since they were turned on: forget them (their triggers went with them).
             client.update(
                 &self.sql(
@@ -608,8 +647,11 @@ impl Worker {
                             c.key_column::text, c.paused, \
                             (SELECT extract(epoch FROM min(q.not_before) - clock_timestamp())::float8 \
                                FROM @extschema@.clip_auto_embed_queue q \
-                              WHERE q.relation = c.relation AND q.not_before > clock_timestamp()) \
+                              WHERE q.relation = c.relation AND q.not_before > clock_timestamp()), \
+                            s.served \
                      FROM @extschema@.clip_auto_embed_tables c JOIN pg_catalog.pg_class r ON r.oid = c.relation \
+                     CROSS JOIN LATERAL (SELECT @extschema@.clip_shard_served_here(c.relation) AS served) s \
+                     WHERE NOT @extschema@.clip_is_distributed(c.relation) \
                      ORDER BY c.relation",
                 ),
                 None,
@@ -625,9 +667,11 @@ impl Worker {
                     key_column: row.get(5)?.unwrap_or_default(),
                     paused: row.get(6)?.unwrap_or(false),
                     next_retry_in: row.get(7)?,
+                    shard: row.get::<bool>(8)?.is_some(),
+                    served: row.get::<bool>(8)?.unwrap_or(true),
                 });
             }
-            Ok(tables)
+            Ok((tables, citus))
         })
     }
 
@@ -700,6 +744,16 @@ impl Worker {
             AutoEmbedFault::None => {}
             AutoEmbedFault::Error => pgrx::error!("pg_clip: fault injected by pg_clip.debug_auto_embed_fault"),
             AutoEmbedFault::Panic => panic!("fault injected by pg_clip.debug_auto_embed_fault"),
+        }
+        // A shard: this batch holds the shard's metadata lock, so that a move's cutover waits for it (and then
+        // carries its writes over), and goes ahead only if Citus still places the shard here.
+        if table.shard
+            && Spi::get_one_with_args::<bool>(
+                &self.sql("SELECT @extschema@.clip_shard_served_here($1::regclass, true)"),
+                &[table.relation.into()],
+            )? == Some(false)
+        {
+            return Ok(Vec::new());
         }
         let version = Spi::get_one::<String>(&self.sql("SELECT @extschema@.clip_backfill_model_version()"))?;
         let only = (!isolate.is_empty()).then(|| isolate.to_vec());
