@@ -6,10 +6,12 @@
 # PG=17 (or 15, 18) picks the PostgreSQL major: `make test PG=17` runs the server-side tests against 17.
 #   make package PG=N       - target/packages/postgresql-N-pg-clip_<version>_amd64.deb (N = 15, 17, 18; default 15)
 #   make test-package PG=N  - installs that package where no build output is, searches, removes it
+#   make test-citus PG=N    - pg_clip on a Citus cluster on this machine (a coordinator and 2 workers)
+#   make bench-citus PG=N   - the same rows on one node and on that cluster, side by side
 PG ?= $(or $(PG_MAJOR),15)
 export PG_MAJOR := $(PG)
 .PHONY: demo test bench bench-memory bench-cold-start bench-search bench-fetch bench-auto-embed bench-text setup install \
-	model stop clean package test-package
+	model stop clean package test-package test-citus bench-citus
 
 demo:
 	scripts/demo.sh
@@ -46,6 +48,12 @@ package:
 
 test-package:
 	scripts/test_package.sh $(PG)
+
+test-citus:
+	scripts/test_citus.sh
+
+bench-citus:
+	scripts/bench_citus.sh $(IMAGES)
 
 model: setup
 	bash -c 'source scripts/common.sh && make_model'

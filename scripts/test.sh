@@ -6,7 +6,8 @@
 #   3. SQL tests (pg_regress) against a real PostgreSQL with real pgvector and the installed extension, a
 #      cluster without pg_clip preloaded for the placeholder case, and the client tests against the same
 #      server: the example application (and, on the default major, its page in headless Chromium), the
-#      backfill, automatic embedding.
+#      backfill, automatic embedding; then clusters of their own: backups and failover, and Citus (a
+#      coordinator and 2 workers, scripts/test_citus.sh).
 # Steps 1 and 2 do not depend on the server: they run with the default major (15) only.
 source "$(dirname "$0")/common.sh"
 "$ROOT/scripts/setup.sh"
@@ -120,3 +121,7 @@ pg_ctl_command="$PG_BIN/pg_ctl -D $(cluster_dir regress)/data -l $(cluster_dir r
 PG_CLIP_TEST_HTTP=http://127.0.0.1:$http_port \
   "$PY" tests/clients/test_auto_embed.py "host=$PGHOST port=$PGPORT user=postgres" "$pg_ctl_command" \
   "$(cluster_options regress "$PGPORT")"
+
+# Clusters of their own: a Citus coordinator and 2 workers (Citus built once from ../shared/vendor/citus).
+log "3/3 Citus: search, backfill and automatic embedding of distributed tables, on the nodes that hold them"
+"$ROOT/scripts/test_citus.sh"
