@@ -105,7 +105,7 @@ AS 'MODULE_PATHNAME', 'clip_backfill_row_states_wrapper';
 
 -- >>> 0.3.0: Citus (sql/distributed.sql)
 CREATE  FUNCTION "clip_node_inferences"() RETURNS bigint /* Option < i64 > */
-VOLATILE PARALLEL SAFE
+STRICT VOLATILE PARALLEL SAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'clip_node_inferences_wrapper';
 
