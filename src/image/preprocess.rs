@@ -1,10 +1,17 @@
-//! The geometry and arithmetic of transformers' PIL-backend CLIP processor after decoding:
-//! `get_resize_output_image_size(default_to_square=False)`, `center_crop` (which zero-pads images
-//! smaller than the crop), `rescale` (float64, then cast to float32) and `normalize` (float32).
+//! The geometry and arithmetic of transformers' PIL-backend image processors after decoding.
+//!
+//! * CLIP (`CLIPImageProcessorPil`, [`ResizeMode::ShortestEdgeCenterCrop`]):
+//!   `get_resize_output_image_size(default_to_square=False)`, then `center_crop` (which zero-pads images
+//!   smaller than the crop).
+//! * SigLIP (`SiglipImageProcessorPil`, [`ResizeMode::Squash`]): `size = {height, width}`, so
+//!   `PIL.Image.resize((width, height))` of the whole image, the aspect ratio not kept, and no crop.
+//!
+//! Both then go through the same `PilBackend._preprocess`: `rescale` (float64, then cast to float32) and
+//! `normalize` (float32). The only differences are the geometry, the filter and the constants.
 #![forbid(unsafe_code)]
 
-use super::resize::{resize_bicubic_window, Rgb8View};
-use super::PreprocessConfig;
+use super::resize::{resize_window, Rgb8View};
+use super::{PreprocessConfig, ResizeMode};
 use crate::error::{PgClipError, Result};
 use crate::image::decode::RgbImage;
 
@@ -40,9 +47,27 @@ pub(crate) fn center_crop_axis(size: usize, crop: usize) -> AxisCrop {
     }
 }
 
+/// The model's square input as packed RGB (crop_size * crop_size * 3), by `cfg.resize`.
+pub(crate) fn resize_to_input(image: &RgbImage, cfg: &PreprocessConfig) -> Result<Vec<u8>> {
+    match cfg.resize {
+        ResizeMode::ShortestEdgeCenterCrop => resize_and_center_crop(image, cfg),
+        ResizeMode::Squash => Ok(squash(image, cfg)),
+    }
+}
+
+/// SigLIP: the whole image resized to crop_size x crop_size. Both output sides are at most 65535
+/// (`validate`), so unlike the shortest-edge resize no image is too elongated for it.
+fn squash(image: &RgbImage, cfg: &PreprocessConfig) -> Vec<u8> {
+    let side = cfg.crop_size as usize;
+    let mut out = vec![0u8; side * side * 3];
+    let src = Rgb8View { pixels: &image.pixels, width: image.width as usize, height: image.height as usize };
+    resize_window(src, cfg.resample, cfg.crop_size, cfg.crop_size, 0..side, 0..side, &mut out);
+    out
+}
+
 /// Resize then centre-crop, computing only the resized pixels the crop keeps. Returns the crop as
 /// packed RGB (crop_size * crop_size * 3), zero where the crop extends past the image.
-pub(crate) fn resize_and_center_crop(image: &RgbImage, cfg: &PreprocessConfig) -> Result<Vec<u8>> {
+fn resize_and_center_crop(image: &RgbImage, cfg: &PreprocessConfig) -> Result<Vec<u8>> {
     let (out_w, out_h) = resize_output_size(image.width, image.height, cfg.shortest_edge);
     // Pillow sizes are C ints; an image this elongated could not be resized by the reference either.
     let (Ok(out_w), Ok(out_h)) = (i32::try_from(out_w), i32::try_from(out_h)) else {
@@ -58,8 +83,9 @@ pub(crate) fn resize_and_center_crop(image: &RgbImage, cfg: &PreprocessConfig) -
 
     let mut window = vec![0u8; x.len * y.len * 3];
     let src = Rgb8View { pixels: &image.pixels, width: image.width as usize, height: image.height as usize };
-    resize_bicubic_window(
+    resize_window(
         src,
+        cfg.resample,
         out_w,
         out_h,
         y.src_start..y.src_start + y.len,
@@ -122,6 +148,7 @@ pub(crate) fn normalize_into_chw(crop: &[u8], cfg: &PreprocessConfig, out: &mut 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::image::Resample;
 
     #[test]
     fn shortest_side_becomes_the_edge_and_the_long_side_truncates() {
@@ -159,6 +186,105 @@ mod tests {
         let row = |y: usize| &crop[y * 7 * 3..(y + 1) * 7 * 3];
         assert!(row(0).iter().chain(row(1)).chain(row(6)).all(|&v| v == 0));
         assert!((2..6).all(|y| row(y).iter().all(|&v| v == 200)));
+    }
+
+    fn squash_cfg(side: u32, resample: Resample) -> PreprocessConfig {
+        PreprocessConfig {
+            shortest_edge: 0, // unused by Squash
+            crop_size: side,
+            resize: ResizeMode::Squash,
+            resample,
+            ..PreprocessConfig::clip_vit_b32()
+        }
+    }
+
+    #[test]
+    fn squash_of_a_1000x10_strip_keeps_no_aspect_and_matches_pillow() {
+        // R varies along x only, G along y only, B is flat, so each channel of the output is one row or one
+        // column of values. Width 1000 -> 32 is a downscale, height 10 -> 32 an upscale; Pillow 13.0.0's
+        // `Image.resize((32, 32), f, reducing_gap=None)` gives these (no crop, no padding: every row and
+        // column is filled).
+        let (w, h) = (1000u32, 10u32);
+        let mut pixels = Vec::with_capacity((w * h * 3) as usize);
+        for y in 0..h {
+            for x in 0..w {
+                pixels.extend_from_slice(&[(x % 251) as u8, (y * 28) as u8, 128]);
+            }
+        }
+        let image = RgbImage { pixels, width: w, height: h };
+        for (resample, red_row, green_col) in [
+            (
+                Resample::Bilinear,
+                [
+                    18, 46, 78, 109, 140, 171, 203, 206, 50, 45, 77, 108, 139, 170, 202, 209, 53, 44, 76, 107, 138,
+                    169, 201, 211, 57, 43, 75, 106, 137, 168, 200, 228,
+                ],
+                [
+                    0, 0, 8, 17, 25, 34, 43, 52, 60, 69, 78, 87, 95, 104, 113, 122, 130, 139, 148, 157, 165, 174, 183,
+                    192, 200, 209, 218, 227, 235, 244, 252, 252,
+                ],
+            ),
+            (
+                Resample::Bicubic,
+                [
+                    16, 46, 78, 109, 140, 171, 205, 218, 39, 42, 77, 108, 139, 170, 204, 221, 43, 40, 76, 107, 138,
+                    169, 203, 224, 47, 38, 75, 106, 137, 168, 200, 230,
+                ],
+                [
+                    0, 0, 5, 15, 25, 34, 43, 52, 60, 69, 78, 87, 95, 104, 113, 122, 130, 139, 148, 157, 165, 174, 183,
+                    192, 200, 209, 218, 227, 237, 247, 252, 255,
+                ],
+            ),
+        ] {
+            let out = resize_to_input(&image, &squash_cfg(32, resample)).unwrap();
+            assert_eq!(out.len(), 32 * 32 * 3);
+            for y in 0..32 {
+                for x in 0..32 {
+                    let px = &out[(y * 32 + x) * 3..(y * 32 + x) * 3 + 3];
+                    assert_eq!(px, [red_row[x], green_col[y], 128], "{resample:?} ({x}, {y})");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn squash_upscales_tiny_images_to_the_whole_input() {
+        for resample in [Resample::Bicubic, Resample::Bilinear] {
+            let one = RgbImage { pixels: vec![10, 200, 255], width: 1, height: 1 };
+            let out = resize_to_input(&one, &squash_cfg(224, resample)).unwrap();
+            assert!(out.chunks_exact(3).all(|p| p == [10, 200, 255]), "{resample:?}");
+        }
+        // 3x1 -> 5x5: rows are equal (the height is only stretched), and no zero padding appears where the
+        // shortest-edge path would pad.
+        let image = RgbImage { pixels: vec![30, 30, 30, 90, 90, 90, 250, 250, 250], width: 3, height: 1 };
+        let out = resize_to_input(&image, &squash_cfg(5, Resample::Bilinear)).unwrap();
+        let first_row = &out[..5 * 3];
+        assert!(out.chunks_exact(5 * 3).all(|row| row == first_row));
+        assert!(out.iter().all(|&v| v >= 30));
+        // Pillow 13.0.0: Image.fromarray(...).resize((5, 5), BILINEAR).
+        let red: Vec<u8> = first_row.chunks_exact(3).map(|p| p[0]).collect();
+        assert_eq!(red, [30, 54, 90, 186, 250]);
+    }
+
+    #[test]
+    fn squash_of_a_square_image_equals_shortest_edge_and_crop() {
+        let pixels: Vec<u8> = (0..40 * 40 * 3).map(|i| ((i * 7919) % 251) as u8).collect();
+        let image = RgbImage { pixels, width: 40, height: 40 };
+        for resample in [Resample::Bicubic, Resample::Bilinear] {
+            let squashed = resize_to_input(&image, &squash_cfg(24, resample)).unwrap();
+            let clip =
+                PreprocessConfig { shortest_edge: 24, crop_size: 24, resample, ..PreprocessConfig::clip_vit_b32() };
+            assert_eq!(squashed, resize_to_input(&image, &clip).unwrap(), "{resample:?}");
+        }
+    }
+
+    #[test]
+    fn bilinear_applies_to_the_shortest_edge_path_too() {
+        let pixels: Vec<u8> = (0..60 * 30 * 3).map(|i| ((i * 7919) % 251) as u8).collect();
+        let image = RgbImage { pixels, width: 60, height: 30 };
+        let bicubic = PreprocessConfig { shortest_edge: 16, crop_size: 16, ..PreprocessConfig::clip_vit_b32() };
+        let bilinear = PreprocessConfig { resample: Resample::Bilinear, ..bicubic.clone() };
+        assert_ne!(resize_to_input(&image, &bicubic).unwrap(), resize_to_input(&image, &bilinear).unwrap());
     }
 
     #[test]

@@ -1,7 +1,9 @@
-//! Pillow's bicubic convolution resampler for 8-bit RGB (`libImaging/Resample.c`: `precompute_coeffs`,
+//! Pillow's convolution resampler for 8-bit RGB (`libImaging/Resample.c`: `precompute_coeffs`,
 //! `normalize_coeffs_8bpc`, `ImagingResampleHorizontal_8bpc`, `ImagingResampleVertical_8bpc`,
-//! `ImagingResampleInner`), ported operation for operation so that every output byte equals what
-//! `PIL.Image.resize(size, BICUBIC, reducing_gap=None)` produces.
+//! `ImagingResampleInner`) with its BICUBIC and BILINEAR filters, ported operation for operation so that
+//! every output byte equals what `PIL.Image.resize(size, BICUBIC or BILINEAR, reducing_gap=None)` produces.
+//! The filters differ only in their kernel and support (`struct filter`); everything below is shared, as
+//! in Pillow.
 //!
 //! What must not change, because each one moves some output by a level:
 //! * coefficients are computed in f64 exactly as in C, in the same order (`(x + xmin) - center + 0.5`),
@@ -17,11 +19,39 @@
 
 use std::ops::Range;
 
+use super::Resample;
+
 /// Fractional bits of the fixed-point coefficients: 32 bits minus 8 for the pixel value minus 2 for
 /// the overshoot of filters with negative lobes.
 const PRECISION_BITS: u32 = 32 - 8 - 2;
-/// Pillow's `BICUBIC` filter has support 2 (the kernel is zero for |x| >= 2).
-const BICUBIC_SUPPORT: f64 = 2.0;
+/// Pillow's `struct filter`: a kernel and the distance beyond which it is zero.
+#[derive(Clone, Copy)]
+struct Filter {
+    kernel: fn(f64) -> f64,
+    support: f64,
+}
+
+/// `static struct filter BICUBIC = {bicubic_filter, 2.0}`.
+const BICUBIC: Filter = Filter { kernel: bicubic_filter, support: 2.0 };
+/// `static struct filter BILINEAR = {bilinear_filter, 1.0}`.
+const BILINEAR: Filter = Filter { kernel: bilinear_filter, support: 1.0 };
+
+fn filter(resample: Resample) -> Filter {
+    match resample {
+        Resample::Bicubic => BICUBIC,
+        Resample::Bilinear => BILINEAR,
+    }
+}
+
+/// The triangle (tent) kernel, as Pillow defines it.
+fn bilinear_filter(x: f64) -> f64 {
+    let x = if x < 0.0 { -x } else { x };
+    if x < 1.0 {
+        1.0 - x
+    } else {
+        0.0
+    }
+}
 
 /// Keys' cubic convolution kernel with a = -0.5, as Pillow defines it.
 fn bicubic_filter(x: f64) -> f64 {
@@ -61,14 +91,16 @@ impl AxisTaps {
 }
 
 /// `precompute_coeffs` + `normalize_coeffs_8bpc` for the output positions in `outputs`, resampling
-/// `in_size` source pixels (the whole axis: Pillow's box is `(0, in_size)`) onto `out_size`.
-pub(crate) fn precompute_taps(in_size: u32, out_size: u32, outputs: Range<usize>) -> AxisTaps {
+/// `in_size` source pixels (the whole axis: Pillow's box is `(0, in_size)`) onto `out_size` with `resample`'s
+/// filter.
+pub(crate) fn precompute_taps(resample: Resample, in_size: u32, out_size: u32, outputs: Range<usize>) -> AxisTaps {
+    let filter = filter(resample);
     // Pillow's box is float; (in1 - in0) is computed in float and only then widened.
     let in0 = 0.0f32;
     let in1 = in_size as f32;
     let scale = f64::from(in1 - in0) / f64::from(out_size);
     let filterscale = if scale < 1.0 { 1.0 } else { scale };
-    let support = BICUBIC_SUPPORT * filterscale;
+    let support = filter.support * filterscale;
     let ksize = support.ceil() as usize * 2 + 1;
     let in_size = in_size as i32;
 
@@ -84,7 +116,7 @@ pub(crate) fn precompute_taps(in_size: u32, out_size: u32, outputs: Range<usize>
         let count = xmax.max(0) as usize;
         let mut ww = 0.0;
         for (x, kx) in k.iter_mut().enumerate().take(count) {
-            let w = bicubic_filter((f64::from(x as i32 + xmin) - center + 0.5) * ss);
+            let w = (filter.kernel)((f64::from(x as i32 + xmin) - center + 0.5) * ss);
             *kx = w;
             ww += w;
         }
@@ -147,11 +179,12 @@ fn vertical_pass_first(in_width: usize, in_height: usize, out_width: usize, out_
     oh < h && (h - oh) > 2 * (w - ow)
 }
 
-/// Resizes `src` to `out_width` x `out_height` exactly as Pillow's BICUBIC does, but computes only the
-/// output rows `rows` and columns `cols`, written as packed RGB rows into `out`
+/// Resizes `src` to `out_width` x `out_height` exactly as Pillow's `resample` filter does, but computes only
+/// the output rows `rows` and columns `cols`, written as packed RGB rows into `out`
 /// (`rows.len() * cols.len() * 3` bytes).
-pub(crate) fn resize_bicubic_window(
+pub(crate) fn resize_window(
     src: Rgb8View<'_>,
+    resample: Resample,
     out_width: u32,
     out_height: u32,
     rows: Range<usize>,
@@ -167,9 +200,9 @@ pub(crate) fn resize_bicubic_window(
     let source = Window::whole(src);
     // Pillow skips a pass whose dimension does not change (need_horizontal / need_vertical).
     let horizontal =
-        (out_width as usize != src.width).then(|| precompute_taps(src.width as u32, out_width, cols.clone()));
-    let vertical =
-        (out_height as usize != src.height).then(|| precompute_taps(src.height as u32, out_height, rows.clone()));
+        (out_width as usize != src.width).then(|| precompute_taps(resample, src.width as u32, out_width, cols.clone()));
+    let vertical = (out_height as usize != src.height)
+        .then(|| precompute_taps(resample, src.height as u32, out_height, rows.clone()));
 
     match (horizontal, vertical) {
         (None, None) => {
@@ -249,7 +282,18 @@ mod tests {
     use super::*;
 
     fn full(in_size: u32, out_size: u32) -> AxisTaps {
-        precompute_taps(in_size, out_size, 0..out_size as usize)
+        precompute_taps(Resample::Bicubic, in_size, out_size, 0..out_size as usize)
+    }
+
+    fn full_bilinear(in_size: u32, out_size: u32) -> AxisTaps {
+        precompute_taps(Resample::Bilinear, in_size, out_size, 0..out_size as usize)
+    }
+
+    fn resize_all(pixels: &[u8], width: usize, height: usize, resample: Resample, ow: u32, oh: u32) -> Vec<u8> {
+        let mut out = vec![0u8; ow as usize * oh as usize * 3];
+        let src = Rgb8View { pixels, width, height };
+        resize_window(src, resample, ow, oh, 0..oh as usize, 0..ow as usize, &mut out);
+        out
     }
 
     #[test]
@@ -259,6 +303,64 @@ mod tests {
         assert_eq!(bicubic_filter(2.0), 0.0);
         assert_eq!(bicubic_filter(0.5), 0.5625);
         assert_eq!(bicubic_filter(-1.5), -0.0625);
+    }
+
+    #[test]
+    fn bilinear_kernel_is_the_tent() {
+        assert_eq!(bilinear_filter(0.0), 1.0);
+        assert_eq!(bilinear_filter(0.25), 0.75);
+        assert_eq!(bilinear_filter(-0.75), 0.25);
+        assert_eq!(bilinear_filter(1.0), 0.0);
+        assert_eq!(bilinear_filter(-3.0), 0.0);
+    }
+
+    #[test]
+    fn bilinear_upscaling_two_times_has_the_known_taps() {
+        // 2 -> 4: scale 0.5, support 1, ksize 2*1+1 = 3. Output 0's centre is 0.25: xmin = int(-0.25) = 0,
+        // xmax = int(1.75) = 1, so one tap (source 0, kernel 0.75, normalised to 1). Output 1's centre 0.75
+        // reads sources 0 and 1 at distances 0.25 and 0.75: 0.75 and 0.25 of 2^22.
+        let taps = full_bilinear(2, 4);
+        assert_eq!(taps.ksize, 3);
+        assert_eq!(taps.bounds, vec![(0, 1), (0, 2), (0, 2), (1, 1)]);
+        assert_eq!(taps.taps(0).1, &[1 << 22]);
+        assert_eq!(taps.taps(1).1, &[3 << 20, 1 << 20]);
+        assert_eq!(taps.taps(2).1, &[1 << 20, 3 << 20]);
+        assert_eq!(taps.taps(3).1, &[1 << 22]);
+    }
+
+    #[test]
+    fn bilinear_downscaling_widens_the_tent_by_the_factor() {
+        // 1000 -> 224: scale 4.464..., support 4.46, ksize 2*5+1 = 11 (bicubic's is 19).
+        let taps = full_bilinear(1000, 224);
+        assert_eq!(taps.ksize, 11);
+        // centre 448.66: xmin = int(448.66 - 4.46 + 0.5) = 444, xmax = int(453.63) = 453.
+        let (first, weights) = taps.taps(100);
+        assert_eq!((first, weights.len()), (444, 9));
+        // The tent peaks at the tap nearest the centre (source 448, at distance 0.16) and has no negative lobe.
+        let peak = weights.iter().enumerate().max_by_key(|&(_, w)| *w).unwrap().0;
+        assert_eq!(first + peak, 448);
+        assert!(weights.iter().all(|&w| w > 0));
+        assert_eq!(weights.iter().sum::<i32>(), (1 << 22) - 1);
+        let (last_first, last) = taps.taps(223);
+        assert_eq!(last_first + last.len(), 1000);
+    }
+
+    #[test]
+    fn bilinear_matches_pillow_on_small_images() {
+        // Pillow 13.0.0: Image.fromarray(a, "RGB").resize(size, BILINEAR, reducing_gap=None), red channel.
+        let mut impulse = vec![0u8; 7 * 3];
+        impulse[9] = 255;
+        let red = |v: Vec<u8>| v.chunks_exact(3).map(|p| p[0]).collect::<Vec<u8>>();
+        assert_eq!(red(resize_all(&impulse, 7, 1, Resample::Bilinear, 3, 1)), [0, 105, 0]);
+        assert_eq!(
+            red(resize_all(&impulse, 7, 1, Resample::Bilinear, 16, 1)),
+            [0, 0, 0, 0, 0, 0, 88, 199, 199, 88, 0, 0, 0, 0, 0, 0]
+        );
+        let square = [0, 0, 0, 200, 100, 50, 40, 80, 120, 255, 255, 255];
+        assert_eq!(
+            red(resize_all(&square, 2, 2, Resample::Bilinear, 4, 4)),
+            [0, 50, 150, 200, 10, 61, 163, 214, 30, 83, 188, 241, 40, 94, 201, 255]
+        );
     }
 
     #[test]
@@ -295,15 +397,17 @@ mod tests {
         let (w, h) = (37usize, 23usize);
         let pixels: Vec<u8> = (0..w * h * 3).map(|i| ((i * 7919) % 251) as u8).collect();
         let src = Rgb8View { pixels: &pixels, width: w, height: h };
-        for (ow, oh) in [(80u32, 50u32), (12, 9), (37, 11), (20, 23), (37, 23)] {
-            let mut full_out = vec![0u8; ow as usize * oh as usize * 3];
-            resize_bicubic_window(src, ow, oh, 0..oh as usize, 0..ow as usize, &mut full_out);
-            let (rows, cols) = (oh as usize / 3..oh as usize - 1, ow as usize / 4..ow as usize);
-            let mut window = vec![0u8; rows.len() * cols.len() * 3];
-            resize_bicubic_window(src, ow, oh, rows.clone(), cols.clone(), &mut window);
-            for (i, y) in rows.clone().enumerate() {
-                let expected = &full_out[(y * ow as usize + cols.start) * 3..(y * ow as usize + cols.end) * 3];
-                assert_eq!(&window[i * cols.len() * 3..(i + 1) * cols.len() * 3], expected, "{ow}x{oh} row {y}");
+        for resample in [Resample::Bicubic, Resample::Bilinear] {
+            for (ow, oh) in [(80u32, 50u32), (12, 9), (37, 11), (20, 23), (37, 23)] {
+                let full_out = resize_all(&pixels, w, h, resample, ow, oh);
+                let (rows, cols) = (oh as usize / 3..oh as usize - 1, ow as usize / 4..ow as usize);
+                let mut window = vec![0u8; rows.len() * cols.len() * 3];
+                resize_window(src, resample, ow, oh, rows.clone(), cols.clone(), &mut window);
+                for (i, y) in rows.clone().enumerate() {
+                    let expected = &full_out[(y * ow as usize + cols.start) * 3..(y * ow as usize + cols.end) * 3];
+                    let got = &window[i * cols.len() * 3..(i + 1) * cols.len() * 3];
+                    assert_eq!(got, expected, "{resample:?} {ow}x{oh} row {y}");
+                }
             }
         }
     }
@@ -311,23 +415,17 @@ mod tests {
     #[test]
     fn same_size_is_a_copy() {
         let pixels: Vec<u8> = (0..5 * 4 * 3).map(|i| i as u8).collect();
-        let mut out = vec![0u8; pixels.len()];
-        resize_bicubic_window(Rgb8View { pixels: &pixels, width: 5, height: 4 }, 5, 4, 0..4, 0..5, &mut out);
-        assert_eq!(out, pixels);
+        for resample in [Resample::Bicubic, Resample::Bilinear] {
+            assert_eq!(resize_all(&pixels, 5, 4, resample, 5, 4), pixels);
+        }
     }
 
     #[test]
     fn one_pixel_upscales_to_a_flat_image() {
-        let mut out = vec![0u8; 224 * 224 * 3];
-        resize_bicubic_window(
-            Rgb8View { pixels: &[10, 200, 255], width: 1, height: 1 },
-            224,
-            224,
-            0..224,
-            0..224,
-            &mut out,
-        );
-        assert!(out.chunks_exact(3).all(|p| p == [10, 200, 255]));
+        for resample in [Resample::Bicubic, Resample::Bilinear] {
+            let out = resize_all(&[10, 200, 255], 1, 1, resample, 224, 224);
+            assert!(out.chunks_exact(3).all(|p| p == [10, 200, 255]), "{resample:?}");
+        }
     }
 
     #[test]
