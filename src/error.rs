@@ -80,6 +80,11 @@ pub enum PgClipError {
     #[error("{what}")]
     Prerequisite { what: String, hint: String },
 
+    /// Vectors of one model would meet vectors of another: a vector column recorded as filled by model A
+    /// searched or filled with model B, or a model whose dimensions are not the column's.
+    #[error("{what}")]
+    ModelMismatch { what: String, hint: String },
+
     /// The caller may not act on this object: acting on a table as its owner needs membership in the
     /// owner's role (a superuser has it).
     #[error("{what}")]
@@ -120,6 +125,7 @@ impl PgClipError {
             PgClipError::ColumnMissing { .. } => ERRCODE_UNDEFINED_COLUMN, // 42703
             PgClipError::Prerequisite { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, // 55000
             PgClipError::NotPermitted { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE, // 42501
+            PgClipError::ModelMismatch { .. } => ERRCODE_DATATYPE_MISMATCH, // 42804
         }
     }
 
@@ -143,6 +149,7 @@ impl PgClipError {
             PgClipError::ColumnMissing { .. } => "42703",
             PgClipError::Prerequisite { .. } => "55000",
             PgClipError::NotPermitted { .. } => "42501",
+            PgClipError::ModelMismatch { .. } => "42804",
         }
     }
 
@@ -175,7 +182,9 @@ impl PgClipError {
             PgClipError::FetchRefused { hint, .. } => hint.clone(),
             PgClipError::FetchLimit { setting, .. } => Some(format!("Raise {setting} if this is expected.")),
             PgClipError::Fetched { inner, .. } => inner.hint(),
-            PgClipError::ColumnMissing { hint, .. } | PgClipError::Prerequisite { hint, .. } => Some(hint.clone()),
+            PgClipError::ColumnMissing { hint, .. }
+            | PgClipError::Prerequisite { hint, .. }
+            | PgClipError::ModelMismatch { hint, .. } => Some(hint.clone()),
             PgClipError::NotPermitted { hint, .. } => hint.clone(),
             _ => None,
         }
@@ -230,6 +239,7 @@ mod tests {
             PgClipError::ColumnMissing { column: "x".into(), hint: "h".into() },
             PgClipError::Prerequisite { what: "x".into(), hint: "h".into() },
             PgClipError::NotPermitted { what: "x".into(), hint: None },
+            PgClipError::ModelMismatch { what: "x".into(), hint: "h".into() },
         ];
         for e in samples {
             let s = sqlstate_text(e.sqlstate());

@@ -59,6 +59,8 @@ pub enum TransparencySetting {
 }
 
 static MODEL_PATH: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+static MODELS_PATH: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+static MODEL: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 static ONNXRUNTIME_PATH: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 static INTRA_OP_THREADS: GucSetting<i32> = GucSetting::<i32>::new(1);
 /// kB, like work_mem: 20 MB covers any catalogue photo; larger inputs are almost surely a mistake.
@@ -117,6 +119,23 @@ pub fn init() {
         &MODEL_PATH,
         GucContext::Suset,
         GucFlags::SUPERUSER_ONLY,
+    );
+    GucRegistry::define_string_guc(
+        c"pg_clip.models_path",
+        c"Directory of named model directories: <models_path>/<name>/manifest.json (clip_models() lists them).",
+        c"Empty means $sharedir/pg_clip/models. The model at pg_clip.model_path is always there too, named default.",
+        &MODELS_PATH,
+        GucContext::Suset,
+        GucFlags::SUPERUSER_ONLY,
+    );
+    GucRegistry::define_string_guc(
+        c"pg_clip.model",
+        c"The model embedding calls use when they name none: default, or a name under pg_clip.models_path.",
+        c"Per session, role or database (ALTER ROLE/DATABASE ... SET). A query whose result must not depend on the \
+          session names its model: clip_embed_bytes(image, 'name').",
+        &MODEL,
+        GucContext::Userset,
+        GucFlags::default(),
     );
     GucRegistry::define_string_guc(
         c"pg_clip.onnxruntime_path",
@@ -373,6 +392,21 @@ fn string_setting(setting: &GucSetting<Option<CString>>) -> Option<String> {
 /// The model directory in force: the setting, or the one the install put under the share directory.
 pub fn model_path() -> PathBuf {
     string_setting(&MODEL_PATH).map(PathBuf::from).unwrap_or_else(|| share_dir().join("pg_clip").join("model"))
+}
+
+/// The directory of named models: the setting, or the one the install puts under the share directory.
+pub fn models_path() -> PathBuf {
+    string_setting(&MODELS_PATH).map(PathBuf::from).unwrap_or_else(|| share_dir().join("pg_clip").join("models"))
+}
+
+/// The name of the model calls use when they name none (pg_clip.model; empty means `default`).
+pub fn model_name() -> String {
+    string_setting(&MODEL).map(|s| s.trim().to_string()).unwrap_or_else(|| crate::model::DEFAULT_MODEL.to_string())
+}
+
+/// The directory of the model called `name` (see `model::catalog::model_dir`).
+pub fn model_dir(name: &str) -> crate::error::Result<PathBuf> {
+    crate::model::catalog::model_dir(name, &model_path(), &models_path())
 }
 
 /// The ONNX Runtime library in force: the setting, or the one the install put under pkglibdir.

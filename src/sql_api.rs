@@ -13,9 +13,13 @@ use crate::model::{self, EmbedRequest};
 use crate::pgvector::Vector;
 use crate::settings;
 
-fn embed_request() -> EmbedRequest {
-    EmbedRequest {
-        model_dir: settings::model_path(),
+/// The settings in force for one call, with the model the call names (`model`) or else pg_clip.model.
+fn embed_request(model: Option<&str>) -> Result<EmbedRequest> {
+    let model_name = model.map(str::to_string).unwrap_or_else(settings::model_name);
+    let model_dir = settings::model_dir(&model_name)?;
+    Ok(EmbedRequest {
+        model_name,
+        model_dir,
         runtime_path: settings::onnxruntime_path(),
         intra_op_threads: settings::intra_op_threads(),
         limits: settings::image_limits(),
@@ -28,7 +32,12 @@ fn embed_request() -> EmbedRequest {
         text_model: settings::text_model(),
         text_precision: settings::text_precision(),
         transparency: settings::image_transparency(),
-    }
+    })
+}
+
+/// `embed_request`, raising its error (an unknown or invalid model name) for `function`.
+fn embed_request_or_raise(model: Option<&str>, function: &'static str) -> EmbedRequest {
+    embed_request(model).unwrap_or_else(|e| raise(e, function))
 }
 
 /// What a long wait inside the pure core calls between slices (waiting for another backend's preparation of
@@ -72,7 +81,14 @@ fn emit_pending_warning() {
 /// would load its own copy of the model (hundreds of MB) for one query.
 #[pg_extern(stable, strict, parallel_restricted, cost = 10000)]
 fn clip_embed_bytes(image: &[u8], fcinfo: pg_sys::FunctionCallInfo) -> Vector {
-    embed_at_call_site(fcinfo, "clip_embed_bytes", |request| model::embed_image(image, request))
+    embed_at_call_site(fcinfo, "clip_embed_bytes", None, |request| model::embed_image(image, request))
+}
+
+/// clip_embed_bytes with the model named (clip_models() lists them): the result does not depend on the
+/// session's pg_clip.model, which is what a stored query, a view or a backfill of one model's column wants.
+#[pg_extern(name = "clip_embed_bytes", stable, strict, parallel_restricted, cost = 10000)]
+fn clip_embed_bytes_with_model(image: &[u8], model: &str, fcinfo: pg_sys::FunctionCallInfo) -> Vector {
+    embed_at_call_site(fcinfo, "clip_embed_bytes", Some(model), |request| model::embed_image(image, request))
 }
 
 /// Text embedding of a query ("red backpack", "красный рюкзак"), in the same space as the image vectors, by the
@@ -84,7 +100,14 @@ fn clip_embed_bytes(image: &[u8], fcinfo: pg_sys::FunctionCallInfo) -> Vector {
 /// fifth of the image tower.
 #[pg_extern(stable, strict, parallel_restricted, cost = 2000)]
 fn clip_embed_text(query: &str, fcinfo: pg_sys::FunctionCallInfo) -> Vector {
-    embed_at_call_site(fcinfo, "clip_embed_text", |request| model::embed_text(query, request))
+    embed_at_call_site(fcinfo, "clip_embed_text", None, |request| model::embed_text(query, request))
+}
+
+/// clip_embed_text with the model named: that model's own text tower (CLIP's BPE, SigLIP's SentencePiece;
+/// pg_clip.text_model = multilingual still picks the multilingual tower of a model that has one).
+#[pg_extern(name = "clip_embed_text", stable, strict, parallel_restricted, cost = 2000)]
+fn clip_embed_text_with_model(query: &str, model: &str, fcinfo: pg_sys::FunctionCallInfo) -> Vector {
+    embed_at_call_site(fcinfo, "clip_embed_text", Some(model), |request| model::embed_text(query, request))
 }
 
 /// The ids the text encoder in force (pg_clip.text_model) sees for `query`: `[49406, ..., 49407]` (CLIP's
@@ -97,9 +120,19 @@ fn clip_embed_text(query: &str, fcinfo: pg_sys::FunctionCallInfo) -> Vector {
 /// microseconds, the first call of a backend reads the vocabulary.
 #[pg_extern(stable, strict, parallel_safe, cost = 100)]
 fn clip_text_tokens(query: &str) -> Vec<i32> {
-    let request = embed_request();
+    text_tokens(query, None)
+}
+
+/// clip_text_tokens for the model named.
+#[pg_extern(name = "clip_text_tokens", stable, strict, parallel_safe, cost = 100)]
+fn clip_text_tokens_with_model(query: &str, model: &str) -> Vec<i32> {
+    text_tokens(query, Some(model))
+}
+
+fn text_tokens(query: &str, model: Option<&str>) -> Vec<i32> {
+    let request = embed_request_or_raise(model, "clip_text_tokens");
     match guarded("clip_text_tokens", || model::text_tokens(query, &request)) {
-        // Both vocabularies are far below 2^31 entries (49,408 and 119,547).
+        // Every vocabulary is far below 2^31 entries (49,408; 119,547; SigLIP 2's 256,000).
         Ok(ids) => ids.into_iter().map(|id| id as i32).collect(),
         Err(e) => raise(e, "clip_text_tokens"),
     }
@@ -110,6 +143,7 @@ fn clip_text_tokens(query: &str) -> Vec<i32> {
 fn embed_at_call_site(
     fcinfo: pg_sys::FunctionCallInfo,
     function: &'static str,
+    model: Option<&str>,
     embed: impl FnOnce(&EmbedRequest) -> Result<std::sync::Arc<[f32]>>,
 ) -> Vector {
     // SAFETY: fcinfo is the live call info pgrx passes to the calling #[pg_extern] function.
@@ -117,7 +151,7 @@ fn embed_at_call_site(
         model::record_cache_hit();
         return Vector(values);
     }
-    let request = embed_request();
+    let request = embed_request_or_raise(model, function);
     let result = guarded(function, || embed(&request));
     emit_pending_warning();
     match result {
@@ -166,8 +200,14 @@ mod call_site {
         // SAFETY: as above; the allocation is sized for the header and the floats, and MAXALIGNed.
         unsafe {
             let flinfo = (*fcinfo).flinfo;
-            if flinfo.is_null() || (*flinfo).fn_expr.is_null() || !pg_sys::get_fn_expr_arg_stable(flinfo, 0) {
+            if flinfo.is_null() || (*flinfo).fn_expr.is_null() {
                 return;
+            }
+            // Every argument (the input, and the model's name when the call gives one) fixed for the query.
+            for arg in 0..(*fcinfo).nargs as i32 {
+                if !pg_sys::get_fn_expr_arg_stable(flinfo, arg) {
+                    return;
+                }
             }
             let size = HEADER + std::mem::size_of_val(values);
             let base = pg_sys::MemoryContextAlloc((*flinfo).fn_mcxt, size) as *mut u8;
@@ -222,7 +262,7 @@ fn clip_model_info() -> TableIterator<
         name!(text_model_loaded, bool),
     ),
 > {
-    let request = embed_request();
+    let request = embed_request_or_raise(None, "clip_model_info");
     let info = match guarded("clip_model_info", || model::model_info(&request)) {
         Ok(info) => info,
         Err(e) => raise(e, "clip_model_info"),
@@ -265,6 +305,57 @@ fn clip_model_info() -> TableIterator<
     ))
 }
 
+/// The models this cluster has: `default` (pg_clip.model_path) and every model directory under
+/// pg_clip.models_path, with what their manifests say. Reads manifests only (no model is loaded). A directory
+/// whose manifest cannot be used is listed with the reason in `problem`. `in_use`: the session's pg_clip.model.
+#[pg_extern(volatile, parallel_safe)]
+#[allow(clippy::type_complexity)]
+fn clip_models() -> TableIterator<
+    'static,
+    (
+        name!(name, String),
+        name!(model_name, Option<String>),
+        name!(model_version, Option<String>),
+        name!(family, Option<String>),
+        name!(dimensions, Option<i32>),
+        name!(towers, Option<Vec<String>>),
+        name!(random_weights, Option<bool>),
+        name!(bytes, Option<i64>),
+        name!(path, String),
+        name!(in_use, bool),
+        name!(problem, Option<String>),
+    ),
+> {
+    let in_use = settings::model_name();
+    let rows: Vec<_> = model::catalog::installed(&settings::model_path(), &settings::models_path())
+        .into_iter()
+        .map(|m| {
+            let path = m.dir.display().to_string();
+            let used = m.name == in_use;
+            match m.model {
+                Ok(dir) => {
+                    let manifest = &dir.manifest;
+                    (
+                        m.name,
+                        Some(manifest.model_name.clone()),
+                        Some(manifest.model_version.clone()),
+                        Some(manifest.family().to_string()),
+                        Some(manifest.embedding_dim as i32),
+                        Some(manifest.towers().into_iter().map(str::to_string).collect()),
+                        Some(manifest.random_weights),
+                        Some(manifest.files.values().map(|f| f.bytes as i64).sum()),
+                        path,
+                        used,
+                        None,
+                    )
+                }
+                Err(e) => (m.name, None, None, None, None, None, None, None, path, used, Some(e.to_string())),
+            }
+        })
+        .collect();
+    TableIterator::new(rows)
+}
+
 /// Drops this backend's model session and embedding cache, returning whether one was loaded. The next
 /// embedding call loads the model again (useful after replacing model files, and to free memory).
 #[pg_extern(volatile, parallel_restricted)]
@@ -281,8 +372,9 @@ fn embed_urls_or_raise(
     prefetch: &[&str],
     concurrency: Option<i32>,
     function: &'static str,
+    model: Option<&str>,
 ) -> Vec<UrlOutcome> {
-    let request = embed_request();
+    let request = embed_request_or_raise(model, function);
     let fetch = settings::fetch_config(concurrency).unwrap_or_else(|e| raise(e, function));
     let result = guarded(function, || url_batch::embed_urls(urls, prefetch, &request, &fetch));
     emit_pending_warning();
@@ -325,7 +417,18 @@ fn url_row(outcome: UrlOutcome) -> UrlRow {
 /// RESTRICTED as the other embedding functions. COST 100000: a download dwarfs even an inference.
 #[pg_extern(volatile, strict, parallel_restricted, cost = 100000)]
 fn clip_embed_url(url: &str) -> Vector {
-    let outcome = embed_urls_or_raise(&[Some(url)], &[], None, "clip_embed_url").pop().expect("one outcome per URL");
+    embed_url(url, None)
+}
+
+/// clip_embed_url with the model named.
+#[pg_extern(name = "clip_embed_url", volatile, strict, parallel_restricted, cost = 100000)]
+fn clip_embed_url_with_model(url: &str, model: &str) -> Vector {
+    embed_url(url, Some(model))
+}
+
+fn embed_url(url: &str, model: Option<&str>) -> Vector {
+    let outcome =
+        embed_urls_or_raise(&[Some(url)], &[], None, "clip_embed_url", model).pop().expect("one outcome per URL");
     match (outcome.embedding, outcome.error) {
         (Some(embedding), _) => Vector(embedding.to_vec()),
         (None, Some(error)) => raise(error, "clip_embed_url"),
@@ -353,7 +456,7 @@ fn clip_try_embed_url(
         name!(transient, Option<bool>),
     ),
 > {
-    let outcome = embed_urls_or_raise(&[Some(url)], &[], None, "clip_try_embed_url").pop();
+    let outcome = embed_urls_or_raise(&[Some(url)], &[], None, "clip_try_embed_url", None).pop();
     TableIterator::new(outcome.map(url_row))
 }
 
@@ -389,7 +492,7 @@ fn clip_embed_urls(
             "clip_embed_urls",
         );
     }
-    let outcomes = embed_urls_or_raise(&urls, &prefetch, concurrency, "clip_embed_urls");
+    let outcomes = embed_urls_or_raise(&urls, &prefetch, concurrency, "clip_embed_urls", None);
     let rows: Vec<_> = outcomes
         .into_iter()
         .enumerate()

@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use super::checksum::ChecksumMemo;
 use crate::error::{PgClipError, Result};
 use crate::image::PreprocessConfig;
+use crate::image::{Resample, ResizeMode};
 use crate::tokenizer::wordpiece::WordPieceSettings;
+use crate::tokenizer::SentencePieceSettings;
 
 pub const MANIFEST_FILE: &str = "manifest.json";
 const SUPPORTED_FORMAT_VERSION: u32 = 1;
@@ -29,6 +31,9 @@ pub struct Manifest {
     pub seed: Option<i64>,
     #[serde(default)]
     pub source: Option<String>,
+    /// "clip" (absent in directories made before SigLIP: they are all CLIP) or "siglip".
+    #[serde(default)]
+    pub family: Option<String>,
     pub embedding_dim: usize,
     pub files: BTreeMap<String, FileEntry>,
     pub image: ImageTower,
@@ -133,18 +138,73 @@ pub struct TextTower {
     pub input: String,
     pub output: String,
     pub context_length: usize,
+    /// CLIP: OpenAI's BPE vocabulary (the tokenizer is pg_clip's own port).
     #[serde(default)]
     pub bpe_vocab: Option<String>,
+    /// SigLIP: the checkpoint's SentencePiece `tokenizer.json` and what the processor adds around it.
+    #[serde(default)]
+    pub tokenizer: Option<SentencePieceSpec>,
+}
+
+/// A SigLIP text tower's tokenizer (model/export.py writes the file without special tokens, truncation or
+/// padding of its own; these flags say what `SiglipProcessor(padding="max_length")` adds).
+#[derive(Debug, Clone, Deserialize)]
+pub struct SentencePieceSpec {
+    /// Always "tokenizers".
+    pub kind: String,
+    pub file: String,
+    pub sha256: String,
+    #[serde(default)]
+    pub lowercase: bool,
+    #[serde(default)]
+    pub add_bos: bool,
+    #[serde(default)]
+    pub add_eos: bool,
+    #[serde(default)]
+    pub bos_id: Option<u32>,
+    #[serde(default)]
+    pub eos_id: Option<u32>,
+    pub pad_id: u32,
+    /// Always "max_length": the encoder has no attention mask and pools the last position.
+    pub padding: String,
+    pub max_length: usize,
+    /// A tokenizer trained by model/export.py for random-weight models (no registry ships SigLIP's).
+    #[serde(default)]
+    pub test_tokenizer: bool,
+}
+
+impl SentencePieceSpec {
+    pub fn settings(&self) -> SentencePieceSettings {
+        SentencePieceSettings {
+            lowercase: self.lowercase,
+            bos_id: if self.add_bos { self.bos_id } else { None },
+            eos_id: if self.add_eos { self.eos_id } else { None },
+            pad_id: self.pad_id,
+            max_length: self.max_length,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct PreprocessSpec {
+    /// "shortest_edge_center_crop" (CLIP; absent in older manifests) or "squash" (SigLIP).
+    #[serde(default)]
+    pub mode: Option<String>,
     pub shortest_edge: u32,
     pub crop_size: u32,
     pub resample: String,
     pub rescale_factor: f32,
     pub mean: [f32; 3],
     pub std: [f32; 3],
+}
+
+impl PreprocessSpec {
+    pub fn resize_mode(&self) -> ResizeMode {
+        match self.mode.as_deref() {
+            Some("squash") => ResizeMode::Squash,
+            _ => ResizeMode::ShortestEdgeCenterCrop,
+        }
+    }
 }
 
 /// A manifest together with the directory it was read from.
@@ -252,8 +312,20 @@ impl Manifest {
             return Err(format!("embedding_dim {} is outside 1..=16000", manifest.embedding_dim));
         }
         let p = &manifest.image.preprocess;
-        if p.resample != "bicubic" {
-            return Err(format!("image resample {:?} is not supported (only \"bicubic\")", p.resample));
+        if Resample::from_name(&p.resample).is_none() {
+            return Err(format!("image resample {:?} is not supported (\"bicubic\" or \"bilinear\")", p.resample));
+        }
+        if !matches!(p.mode.as_deref(), None | Some("shortest_edge_center_crop") | Some("squash")) {
+            return Err(format!(
+                "image preprocess mode {:?} is not supported (\"shortest_edge_center_crop\" or \"squash\")",
+                p.mode
+            ));
+        }
+        if !matches!(manifest.family.as_deref(), None | Some("clip") | Some("siglip")) {
+            return Err(format!("family {:?} is not supported (\"clip\" or \"siglip\")", manifest.family));
+        }
+        if let Some(text) = &manifest.text {
+            manifest.check_text(text)?;
         }
         if p.crop_size == 0 || p.shortest_edge == 0 || p.std.iter().any(|s| *s <= 0.0) {
             return Err("image preprocess sizes must be positive and std > 0".into());
@@ -271,6 +343,48 @@ impl Manifest {
             manifest.check_graph("text_multilingual_int8", &int8.onnx, &int8.inputs)?;
         }
         Ok(manifest)
+    }
+
+    fn check_text(&self, text: &TextTower) -> std::result::Result<(), String> {
+        let Some(spec) = &text.tokenizer else { return Ok(()) };
+        if spec.kind != "tokenizers" || spec.padding != "max_length" {
+            return Err(format!(
+                "text.tokenizer kind {:?} / padding {:?}: only \"tokenizers\" / \"max_length\" are supported",
+                spec.kind, spec.padding
+            ));
+        }
+        if spec.max_length != text.context_length
+            || (spec.add_bos && spec.bos_id.is_none())
+            || (spec.add_eos && spec.eos_id.is_none())
+        {
+            return Err(
+                "text.tokenizer: max_length must equal context_length, and bos/eos ids be given when added".to_string()
+            );
+        }
+        match self.files.get(&spec.file) {
+            None => Err(format!("text.tokenizer.file {:?} is not listed under \"files\"", spec.file)),
+            Some(entry) if !entry.sha256.eq_ignore_ascii_case(&spec.sha256) => {
+                Err(format!("text.tokenizer.sha256 differs from the one \"files\" lists for {}", spec.file))
+            }
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// "clip" or "siglip".
+    pub fn family(&self) -> &str {
+        self.family.as_deref().unwrap_or("clip")
+    }
+
+    /// The towers the directory has, as clip_models() lists them.
+    pub fn towers(&self) -> Vec<&'static str> {
+        let mut towers = vec!["image"];
+        if self.text.is_some() {
+            towers.push("text");
+        }
+        if self.text_multilingual.is_some() {
+            towers.push("multilingual");
+        }
+        towers
     }
 
     fn check_multilingual(&self, tower: &MultilingualTower) -> std::result::Result<(), String> {
@@ -326,6 +440,8 @@ impl Manifest {
             std: p.std,
             apply_exif_orientation: true,
             transparency: crate::image::Transparency::DropAlpha,
+            resize: p.resize_mode(),
+            resample: crate::image::Resample::from_name(&p.resample).unwrap_or_default(),
         }
     }
 }

@@ -2,6 +2,7 @@
 //! No SQL here: `sql_api` reads the settings into `EmbedRequest` and maps errors.
 
 pub mod cache;
+pub mod catalog;
 pub mod checksum;
 pub mod encoder;
 pub mod manifest;
@@ -19,6 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::error::Result;
 use crate::image::{self, ImageLimits, PreprocessConfig, Transparency};
 use cache::EmbeddingCache;
+pub use catalog::DEFAULT_MODEL;
 use encoder::{ImageEncoder, LoadReport, Precision, Tower, TowerKind, WeightSharing};
 use manifest::{Manifest, ModelDir};
 pub use text::TextModel;
@@ -27,6 +29,8 @@ use text::{LoadedTokenizer, TextTokenizer};
 /// Everything an embedding (image or text) depends on besides the input, as read from the settings.
 #[derive(Debug, Clone)]
 pub struct EmbedRequest {
+    /// The model's name (pg_clip.model, or the one a call names) and its directory.
+    pub model_name: String,
     pub model_dir: PathBuf,
     pub runtime_path: PathBuf,
     pub intra_op_threads: usize,
@@ -94,9 +98,21 @@ struct TextEncoder {
     load: LoadReport,
 }
 
+/// An image tower of another model than the one in use, kept loaded: a session (or the auto-embed worker) that
+/// uses two models side by side loads each once, not at every switch. Its weights are the shared mapping, so a
+/// parked tower costs this backend its session's private memory only.
+struct ParkedImage {
+    encoder: ImageEncoder,
+    load: LoadReport,
+    loaded_at: Option<SystemTime>,
+}
+
 pub(crate) struct BackendState {
     encoder: Option<ImageEncoder>,
     image_load: LoadReport,
+    parked_images: Vec<ParkedImage>,
+    /// Text encoders of other models than the one in use, with the text model they serve.
+    parked_texts: Vec<(TextModel, TextEncoder)>,
     /// The CLIP text tower (pg_clip.text_model = clip).
     clip_text: TextEncoder,
     /// The multilingual text tower (pg_clip.text_model = multilingual).
@@ -116,6 +132,8 @@ static STATE: Lazy<Mutex<BackendState>> = Lazy::new(|| {
     Mutex::new(BackendState {
         encoder: None,
         image_load: LoadReport::default(),
+        parked_images: Vec::new(),
+        parked_texts: Vec::new(),
         clip_text: TextEncoder::default(),
         multilingual: TextEncoder::default(),
         loaded_at: None,
@@ -157,7 +175,22 @@ impl BackendState {
     pub(crate) fn encoder(&mut self, request: &EmbedRequest) -> Result<&mut ImageEncoder> {
         let current = self.encoder.as_ref().is_some_and(|e| request.wants(e, request.precision));
         if !current {
-            self.encoder = None;
+            // Another model's tower is parked, not dropped; a parked tower of this model comes back as it was.
+            if let Some(encoder) = self.encoder.take() {
+                if encoder.key.model_dir != request.model_dir {
+                    let load = std::mem::take(&mut self.image_load);
+                    self.parked_images.push(ParkedImage { encoder, load, loaded_at: self.loaded_at });
+                }
+            }
+            if let Some(i) = self.parked_images.iter().position(|p| request.wants(&p.encoder, request.precision)) {
+                let parked = self.parked_images.swap_remove(i);
+                self.encoder = Some(parked.encoder);
+                self.image_load = parked.load;
+                self.loaded_at = parked.loaded_at;
+                return Ok(self.encoder.as_mut().expect("encoder was just set"));
+            }
+            // A tower of this model with other settings (threads, precision, sharing) is replaced.
+            self.parked_images.retain(|p| p.encoder.key.model_dir != request.model_dir);
             self.cache.clear();
             let model = ModelDir::open(&request.model_dir)?;
             let runtime = runtime::runtime(&request.runtime_path)?;
@@ -205,6 +238,23 @@ impl BackendState {
         let precision = request.text_tower_precision();
         let current = self.text_slot(request.text_model).tower.as_ref().is_some_and(|t| request.wants(t, precision));
         if !current {
+            let slot = self.text_slot(request.text_model);
+            if slot.tower.as_ref().is_some_and(|t| t.key.model_dir != request.model_dir) {
+                let other = std::mem::take(slot);
+                self.parked_texts.push((request.text_model, other));
+            }
+            let parked = self.parked_texts.iter().position(|(model, encoder)| {
+                *model == request.text_model && encoder.tower.as_ref().is_some_and(|t| request.wants(t, precision))
+            });
+            if let Some(i) = parked {
+                let (_, encoder) = self.parked_texts.swap_remove(i);
+                *self.text_slot(request.text_model) = encoder;
+                return Ok(self.text_slot(request.text_model));
+            }
+            self.parked_texts.retain(|(model, encoder)| {
+                *model != request.text_model
+                    || encoder.tower.as_ref().is_none_or(|t| t.key.model_dir != request.model_dir)
+            });
             self.text_slot(request.text_model).tower = None;
             let model = ModelDir::open(&request.model_dir)?;
             // Read from the same manifest as the tower, unless the one loaded is that very file.
@@ -250,7 +300,10 @@ fn release_freed_heap() {
 fn text_tokenizer_is(loaded: &LoadedTokenizer, model: &ModelDir, text_model: TextModel) -> bool {
     let manifest = &model.manifest;
     let file = match text_model {
-        TextModel::Clip => manifest.text.as_ref().and_then(|t| t.bpe_vocab.clone()),
+        TextModel::Clip => manifest
+            .text
+            .as_ref()
+            .and_then(|t| t.tokenizer.as_ref().map(|spec| spec.file.clone()).or(t.bpe_vocab.clone())),
         TextModel::Multilingual => manifest.text_multilingual.as_ref().map(|t| t.tokenizer.file.clone()),
     };
     loaded.model_dir == model.dir
@@ -382,10 +435,14 @@ pub struct ModelInfo {
 /// backend has it loaded, adds the load time and counters.
 pub fn model_info(request: &EmbedRequest) -> Result<ModelInfo> {
     let state = state();
-    let loaded = state
-        .encoder
-        .as_ref()
-        .filter(|e| e.key.model_dir == request.model_dir && e.key.intra_op_threads == request.intra_op_threads);
+    let wanted =
+        |e: &&ImageEncoder| e.key.model_dir == request.model_dir && e.key.intra_op_threads == request.intra_op_threads;
+    let parked = state.parked_images.iter().find(|p| wanted(&&p.encoder));
+    let loaded = state.encoder.as_ref().filter(wanted).or(parked.map(|p| &p.encoder));
+    let (image_load, loaded_at) = match parked {
+        Some(p) if state.encoder.as_ref().filter(wanted).is_none() => (p.load.clone(), p.loaded_at),
+        _ => (state.image_load.clone(), state.loaded_at),
+    };
     let model = match loaded {
         Some(encoder) => encoder.model.clone(),
         None => ModelDir::open(&request.model_dir)?,
@@ -411,12 +468,12 @@ pub fn model_info(request: &EmbedRequest) -> Result<ModelInfo> {
         image_model_sha256: manifest.files.get(&manifest.image.onnx).map(|f| f.sha256.clone()).unwrap_or_default(),
         loaded: loaded.is_some(),
         load_time: loaded.map(|e| e.load_time),
-        loaded_at: loaded.and(state.loaded_at),
+        loaded_at: loaded.and(loaded_at),
         onnxruntime_path: runtime.map(|r| r.library_path.clone()).unwrap_or_else(|| request.runtime_path.clone()),
         onnxruntime_version: runtime.map(|r| r.version.clone()),
         intra_op_threads: request.intra_op_threads,
         text_loaded: state.clip_text.tower.is_some(),
-        image_load: if loaded.is_some() { state.image_load.clone() } else { LoadReport::default() },
+        image_load: if loaded.is_some() { image_load } else { LoadReport::default() },
         stats: state.stats.clone(),
         text_model: request.text_model,
         text_random_weights,
@@ -434,7 +491,10 @@ pub fn unload() -> bool {
     state.cache.clear();
     state.loaded_at = None;
     let had_text = [&mut state.clip_text, &mut state.multilingual].map(|slot| std::mem::take(slot).tower.is_some());
-    state.encoder.take().is_some() || had_text.contains(&true)
+    let had_parked = !state.parked_images.is_empty() || !state.parked_texts.is_empty();
+    state.parked_images.clear();
+    state.parked_texts.clear();
+    state.encoder.take().is_some() || had_text.contains(&true) || had_parked
 }
 
 /// A message the SQL layer should show once (as a WARNING), e.g. that the model just loaded has random weights.

@@ -8,12 +8,13 @@ use super::checksum::ChecksumMemo;
 use super::encoder::TowerKind;
 use super::manifest::ModelDir;
 use crate::error::{PgClipError, Result};
-use crate::tokenizer::{ClipTokenizer, WordPieceTokenizer, END_OF_TEXT};
+use crate::tokenizer::{ClipTokenizer, SentencePieceTokenizer, WordPieceTokenizer, END_OF_TEXT};
 
 /// Which text encoder (`pg_clip.text_model`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TextModel {
-    /// `text.onnx`: CLIP ViT-B/32's text tower, OpenAI's BPE, 77 tokens.
+    /// `text.onnx`: the model's own text tower. CLIP: OpenAI's BPE, 77 tokens; SigLIP: the checkpoint's
+    /// SentencePiece, padded to 64.
     Clip,
     /// `text-multilingual.onnx`: clip-ViT-B-32-multilingual-v1's text encoder, BERT's cased WordPiece, 128 tokens.
     Multilingual,
@@ -43,6 +44,7 @@ impl TextModel {
 pub enum TextTokenizer {
     Clip { tokenizer: ClipTokenizer, context_length: usize },
     WordPiece(WordPieceTokenizer),
+    SentencePiece(SentencePieceTokenizer),
 }
 
 impl TextTokenizer {
@@ -51,6 +53,12 @@ impl TextTokenizer {
     pub fn load(model: &ModelDir, text_model: TextModel) -> Result<LoadedTokenizer> {
         let manifest = &model.manifest;
         let (file, tokenizer) = match text_model {
+            TextModel::Clip if manifest.text.as_ref().is_some_and(|t| t.tokenizer.is_some()) => {
+                let spec = manifest.text.as_ref().and_then(|t| t.tokenizer.as_ref()).expect("checked by the guard");
+                model.verify_file(&spec.file, &ChecksumMemo::default())?;
+                let tokenizer = SentencePieceTokenizer::from_file(&model.file_path(&spec.file)?, spec.settings())?;
+                (spec.file.clone(), TextTokenizer::SentencePiece(tokenizer))
+            }
             TextModel::Clip => {
                 let text = manifest.text.as_ref();
                 let file = text.and_then(|t| t.bpe_vocab.clone()).ok_or_else(|| {
@@ -66,6 +74,7 @@ impl TextTokenizer {
             }
             TextModel::Multilingual => {
                 let tower = manifest.text_multilingual.as_ref().ok_or_else(|| missing_tower(model, false))?;
+                debug_assert!(manifest.family() == "clip", "export.py makes the multilingual tower for ViT-B/32 only");
                 let spec = &tower.tokenizer;
                 model.verify_file(&spec.file, &ChecksumMemo::default())?;
                 let tokenizer = WordPieceTokenizer::from_file(&model.file_path(&spec.file)?, &spec.settings())?;
@@ -80,6 +89,7 @@ impl TextTokenizer {
     /// CLIP: `<|startoftext|>`, the BPE ids, `<|endoftext|>`, cut to the context (77) as `clip.tokenize(truncate=True)`
     /// does; not the zeros that pad it to 77, which the causal tower never reads (see `Tower::embed_tokens`).
     /// Multilingual: `[CLS]`, the WordPiece ids, `[SEP]`, cut to 128 with `[SEP]` last.
+    /// SigLIP: the pieces, `</s>`, padded to 64 (the encoder reads every position).
     pub fn ids(&self, text: &str) -> Result<Vec<i64>> {
         match self {
             TextTokenizer::Clip { tokenizer, context_length } => {
@@ -91,6 +101,7 @@ impl TextTokenizer {
                 Ok(ids)
             }
             TextTokenizer::WordPiece(tokenizer) => tokenizer.encode(text),
+            TextTokenizer::SentencePiece(tokenizer) => tokenizer.encode(text),
         }
     }
 }
