@@ -235,6 +235,7 @@ BEGIN
     -- The worker reads and writes the table as its owner (src/backfill/as_owner.rs), as a CALL clip_backfill
     -- by the owner would: the owner needs the URL functions.
     PERFORM @extschema@.clip_backfill_authorize(target, with_urls => true);
+    PERFORM @extschema@.clip_check_vector_column(target, vector_column, record => true);
 
     -- A Citus table spread over nodes (sql/distributed.sql): the index and the triggers made here reach every
     -- shard, and each node's worker serves the shards it holds. Citus refuses triggers on such a table unless

@@ -223,6 +223,111 @@ AS $function$
       FROM @extschema@.clip_model_info() i
 $function$;
 
+-- Which model fills which vector column. Two models may give vectors of the same dimensions (ViT-B/16 and
+-- ViT-B/32 both give 512) that mean nothing to each other: a column searched or filled with another model than
+-- its own returns plausible nonsense. clip_backfill and clip_auto_embed record the model of the session (or
+-- check it against the record), and a search comparing the column with clip_embed_bytes/clip_embed_text of
+-- another model is refused when it is planned (src/model/column_check.rs).
+CREATE TABLE @extschema@.clip_vector_columns (
+    relation      pg_catalog.regclass    NOT NULL,
+    vector_column pg_catalog.name        NOT NULL,
+    model         pg_catalog.text        NOT NULL,   -- its name, as clip_models() lists it
+    model_version pg_catalog.text        NOT NULL,   -- that model's version: what is compared
+    dimensions    pg_catalog.int4        NOT NULL,
+    recorded_at   pg_catalog.timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    recorded_by   pg_catalog.name        NOT NULL DEFAULT CURRENT_USER,
+    PRIMARY KEY (relation, vector_column)
+);
+COMMENT ON TABLE @extschema@.clip_vector_columns IS 'pg_clip: the model whose vectors each vector column holds';
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.clip_vector_columns', '');
+-- Whoever may read the column may read its record (a search checks it as the searching role); only the table's
+-- owner (or a member of its role) writes it.
+ALTER TABLE @extschema@.clip_vector_columns ENABLE ROW LEVEL SECURITY;
+CREATE POLICY clip_reader ON @extschema@.clip_vector_columns FOR SELECT
+    USING (pg_catalog.has_column_privilege(relation, vector_column, 'SELECT'));
+CREATE POLICY clip_owner ON @extschema@.clip_vector_columns
+    USING (pg_catalog.pg_has_role((SELECT c.relowner FROM pg_catalog.pg_class c
+                                   WHERE c.oid OPERATOR(pg_catalog.=) relation), 'USAGE'));
+GRANT SELECT, INSERT, DELETE ON @extschema@.clip_vector_columns TO PUBLIC;
+
+-- Raises 42804 before any work when the model in force (pg_clip.model) would put its vectors where they do not
+-- belong: its dimensions are not the column's vector(N), or the column is recorded as another model's. With
+-- `record`, a column without a record is recorded as this model's. Returns the model's name.
+CREATE FUNCTION @extschema@.clip_check_vector_column(target regclass, vector_column name,
+                                                     record boolean DEFAULT false)
+RETURNS text
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $function$
+DECLARE
+    model_name text := COALESCE(NULLIF(pg_catalog.btrim(pg_catalog.current_setting('pg_clip.model', true)), ''),
+                                'default');
+    info       record;
+    recorded   record;
+    typmod     integer;
+BEGIN
+    SELECT i.model_version, i.dimensions INTO info FROM @extschema@.clip_model_info() i;
+    SELECT a.atttypmod INTO typmod FROM pg_catalog.pg_attribute a
+     WHERE a.attrelid OPERATOR(pg_catalog.=) target AND a.attname OPERATOR(pg_catalog.=) vector_column
+       AND NOT a.attisdropped;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'pg_clip: column % of table % does not exist', vector_column, target USING ERRCODE = '42703';
+    END IF;
+    IF typmod > 0 AND typmod OPERATOR(pg_catalog.<>) info.dimensions THEN
+        RAISE EXCEPTION 'pg_clip: column %.% is vector(%), model "%" (%) makes % dimensions', target, vector_column,
+            typmod, model_name, info.model_version, info.dimensions
+            USING ERRCODE = '42804',
+                  HINT = 'Give this model a column of its own (ALTER TABLE ... ADD COLUMN ... vector(N)), or SET '
+                         'pg_clip.model to the model the column is for (SELECT name, dimensions FROM clip_models()).';
+    END IF;
+    SELECT c.model, c.model_version INTO recorded FROM @extschema@.clip_vector_columns c
+     WHERE c.relation OPERATOR(pg_catalog.=) target AND c.vector_column OPERATOR(pg_catalog.=) $2;
+    IF FOUND AND recorded.model_version OPERATOR(pg_catalog.<>) info.model_version THEN
+        RAISE EXCEPTION 'pg_clip: column %.% holds vectors of model "%" (%), not of model "%" (%)', target,
+            vector_column, recorded.model, recorded.model_version, model_name, info.model_version
+            USING ERRCODE = '42804',
+                  HINT = pg_catalog.format('SET pg_clip.model = %L for this column, or give model %L a column of '
+                         'its own. To refill this column with %L: SELECT clip_forget_vector_column(%L, %L), then '
+                         'requeue every row.', recorded.model, model_name, model_name, target::text, vector_column);
+    END IF;
+    IF record AND NOT FOUND THEN
+        INSERT INTO @extschema@.clip_vector_columns (relation, vector_column, model, model_version, dimensions)
+        VALUES (target, vector_column, model_name, info.model_version, info.dimensions);
+    END IF;
+    RETURN model_name;
+END
+$function$;
+
+-- Records that a column holds the vectors of the model in force (pg_clip.model), e.g. one filled before pg_clip
+-- or by an UPDATE with clip_embed_url. Checks it first, like clip_backfill.
+CREATE FUNCTION @extschema@.clip_record_vector_column(target regclass, vector_column name) RETURNS text
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $function$ SELECT @extschema@.clip_check_vector_column(target, vector_column, record => true) $function$;
+
+-- Forgets a column's record (the owner only): before refilling the column with another model.
+CREATE FUNCTION @extschema@.clip_forget_vector_column(target regclass, vector_column name) RETURNS boolean
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $function$
+BEGIN
+    PERFORM @extschema@.clip_backfill_authorize(target);
+    DELETE FROM @extschema@.clip_vector_columns c
+     WHERE c.relation OPERATOR(pg_catalog.=) target AND c.vector_column OPERATOR(pg_catalog.=) $2;
+    RETURN FOUND;
+END
+$function$;
+
+-- For the auto-embed worker, per batch: the model recorded for the column becomes pg_clip.model for the rest of
+-- the transaction, so each column is filled by its own model whatever the worker's settings say.
+CREATE FUNCTION @extschema@.clip_use_vector_column_model(target regclass, vector_column name) RETURNS text
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $function$
+    SELECT pg_catalog.set_config('pg_clip.model', c.model, true) FROM @extschema@.clip_vector_columns c
+     WHERE c.relation OPERATOR(pg_catalog.=) target AND c.vector_column OPERATOR(pg_catalog.=) $2
+$function$;
+
 -- The SHA-256 of a URL, as clip_backfill_failures.url_sha256 keeps it.
 CREATE FUNCTION @extschema@.clip_backfill_url_sha256(url text) RETURNS bytea
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
@@ -416,6 +521,8 @@ BEGIN
     -- The table is read and written as its owner (clip_backfill_apply), who must be allowed to fetch; the
     -- caller must be the owner, a member of its role, or a superuser.
     PERFORM @extschema@.clip_backfill_authorize(target, with_urls => true);
+    -- The model in force must be the column's (and its dimensions the column's); a first run records it.
+    PERFORM @extschema@.clip_check_vector_column(target, vector_column, record => true);
     version := @extschema@.clip_backfill_model_version();
 
     -- One run per table at a time: two would walk the same rows. The transaction-level lock makes the check

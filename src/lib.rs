@@ -6,7 +6,8 @@
 //! `image` (decode + CLIP preprocessing, pure), `tokenizer` (CLIP BPE and BERT WordPiece, pure), `fetch` (URL
 //! policy and capped downloads on the backend's fetch threads, no Postgres), `backfill` (embedding tables from
 //! URLs: the batch pipeline, the triggers and background workers of automatic embedding), `distributed`
-//! (Citus: the query vector folded once before Citus plans a search).
+//! (Citus: the query vector folded once before Citus plans a search), `search_check` (a search with another
+//! model than its column's is refused at planning).
 use pgrx::prelude::*;
 
 ::pgrx::pg_module_magic!(name, version);
@@ -18,6 +19,7 @@ pub mod fetch;
 pub mod image;
 pub mod model;
 pub mod pgvector;
+mod search_check;
 pub mod settings;
 mod sql_api;
 pub mod tokenizer;

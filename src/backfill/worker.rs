@@ -755,6 +755,12 @@ impl Worker {
         {
             return Ok(Vec::new());
         }
+        // The column's own model (recorded by clip_auto_embed), for this transaction, whatever the worker's
+        // pg_clip.model says: two columns of a table may belong to two models.
+        Spi::run_with_args(
+            &self.sql("SELECT @extschema@.clip_use_vector_column_model($1::regclass, $2::name)"),
+            &[table.relation.into(), table.vector_column.as_str().into()],
+        )?;
         let version = Spi::get_one::<String>(&self.sql("SELECT @extschema@.clip_backfill_model_version()"))?;
         let only = (!isolate.is_empty()).then(|| isolate.to_vec());
         if first {

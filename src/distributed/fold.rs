@@ -49,7 +49,10 @@ unsafe extern "C-unwind" fn plan(
     cursor_options: std::ffi::c_int,
     bound_params: pg_sys::ParamListInfo,
 ) -> *mut pg_sys::PlannedStmt {
-    // SAFETY: the Query the planner was given; folding returns a modified copy (or the same pointer).
+    // SAFETY: the Query the planner was given. The models are checked first: a refused search runs no inference,
+    // and folding (which runs one) sees only searches that passed.
+    unsafe { crate::search_check::check(parse, bound_params) };
+    // SAFETY: as above; folding returns a modified copy (or the same pointer).
     let parse = unsafe { fold_if_distributed(parse, bound_params) };
     // SAFETY: the previous hook (Citus's distributed_planner) or PostgreSQL's planner, with the arguments as
     // received but for the folded query.
@@ -269,7 +272,10 @@ unsafe fn fold_call(call: *mut pg_sys::FuncExpr, ctx: &mut Context) -> Option<*m
 ///
 /// # Safety
 /// `node` must be a valid expression node; `params` null or the planner's bound parameters.
-unsafe fn known_value(node: *mut pg_sys::Node, params: pg_sys::ParamListInfo) -> Option<Option<pg_sys::Datum>> {
+pub(crate) unsafe fn known_value(
+    node: *mut pg_sys::Node,
+    params: pg_sys::ParamListInfo,
+) -> Option<Option<pg_sys::Datum>> {
     // SAFETY: each cast follows the node's tag; a parameter's value is read as the executor would read it.
     unsafe {
         match (*node).type_ {
