@@ -1,15 +1,20 @@
 #!/usr/bin/env python3
 """Graph fidelity test: the ONNX towers in a pg_clip model directory compute what PyTorch computes.
 
-    python model/check_graph_fidelity.py --model DIR [--checkpoint PATH]
+    python model/check_graph_fidelity.py --model DIR [--checkpoint PATH] [--images N] [--texts N]
     python model/check_graph_fidelity.py --self-test-checkpoint
 
---model: rebuilds the PyTorch CLIPModel the directory was exported from (same seed, or the checkpoint named by
---checkpoint, whose files must hash to the manifest's source_sha256), then compares
-  * image: HF CLIPModel.get_image_features on pixel values from CLIPImageProcessorPil (the PIL processor, with
-    the manifest's preprocessing passed explicitly) against ONNX Runtime on image.onnx, for every test image,
-    run as one batch and again one image at a time;
-  * text: get_text_features against text.onnx on hand-built OpenAI-style token ids.
+--model: rebuilds the PyTorch CLIPModel or SiglipModel the directory was exported from (same seed and
+architecture, or the checkpoint named by --checkpoint, whose files must hash to the manifest's source_sha256),
+then compares
+  * image: get_image_features on pixel values from transformers' PIL image processor (CLIPImageProcessorPil, or
+    SiglipImageProcessorPil for "mode": "squash", with the manifest's preprocessing passed explicitly) against
+    ONNX Runtime on image.onnx, for every test image, run as one batch and again one image at a time;
+  * text (CLIP): get_text_features against text.onnx on hand-built OpenAI-style token ids;
+  * text (SigLIP): the tokenizer first (model/siglip_tokens.py: the manifest's rules in plain Python against
+    transformers' fast tokenizer, on CHECK_TEXTS and the multilingual fidelity texts), then get_text_features
+    against text.onnx on those ids, 64 per text, and on a row of ids spread over the whole vocabulary.
+--images N / --texts N test the first N images / texts only: the big architectures cost seconds per image.
 It also checks the directory itself: manifest hashes and sizes, weights external and 64 KiB-aligned, data file
 named relative to the .onnx (ORT sessions are created from another working directory), graph inputs/outputs.
 
@@ -59,6 +64,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import export  # noqa: E402  (model/export.py, this directory)
 import multilingual as ml  # noqa: E402  (model/multilingual.py)
+import siglip_tokens  # noqa: E402  (model/siglip_tokens.py)
 
 MIN_COSINE = 0.9999
 # The multilingual graph against sentence-transformers: both run eager-equivalent float32 math on the same ids
@@ -72,6 +78,8 @@ class Failures:
     def __init__(self) -> None:
         self.items: list[str] = []
         self.checks = 0
+        # Figures for model/check_architectures.py's table (--summary-json): worst 1 - cos per tower, etc.
+        self.summary: dict = {}
 
     def check(self, ok: bool, what: str) -> bool:
         self.checks += 1
@@ -123,24 +131,9 @@ def test_images() -> list[tuple[str, "Image.Image"]]:
 def image_processor(preprocess: dict):
     """transformers' PIL image processor with every setting passed in (no hub, no library defaults).
 
-    In transformers 5 CLIPImageProcessor is the torchvision backend (torchvision is not installed here);
-    CLIPImageProcessorPil is the PIL one the old "slow" processor became."""
-    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
-
-    resample = {v: k for k, v in export.PIL_RESAMPLE.items()}[preprocess["resample"]]
-    return CLIPImageProcessorPil(
-        do_resize=True,
-        size={"shortest_edge": preprocess["shortest_edge"]},
-        resample=resample,
-        do_center_crop=True,
-        crop_size={"height": preprocess["crop_size"], "width": preprocess["crop_size"]},
-        do_rescale=True,
-        rescale_factor=preprocess["rescale_factor"],
-        do_normalize=True,
-        image_mean=preprocess["mean"],
-        image_std=preprocess["std"],
-        do_convert_rgb=True,
-    )
+    In transformers 5 CLIPImageProcessor / SiglipImageProcessor are the torchvision backend; the *Pil classes
+    are the PIL ones the old "slow" processors became (export.image_processor picks one by the manifest's mode)."""
+    return export.image_processor(preprocess)
 
 
 def test_token_ids() -> list[tuple[str, np.ndarray]]:
@@ -198,7 +191,7 @@ def check_directory(model_dir: Path, manifest: dict, f: Failures) -> None:
               f"{export.DATA_ALIGNMENT // 1024} KiB-aligned offsets in {onnx_name}.data: {'yes' if bad == 0 else 'NO'}")
 
 
-def ort_session(path: Path, tower: str, f: Failures):
+def ort_session(path: Path, tower: str, f: Failures, arch: export.Arch = export.archs.B32):
     """Session from an absolute path while the working directory is elsewhere (so the data file must resolve
     relative to the .onnx); input/output names, types and shapes asserted before anything runs."""
     import onnxruntime as ort
@@ -209,14 +202,20 @@ def ort_session(path: Path, tower: str, f: Failures):
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     (inp,), (out,) = sess.get_inputs(), sess.get_outputs()
     want_in, want_out = export.tower_io(tower)
-    # Text: the sequence axis is dynamic (export revision 2) or, in older exports, fixed at 77.
-    shape_ok = (inp.shape[1:] == [3, export.IMAGE_SIZE, export.IMAGE_SIZE] if tower == "image"
-                else len(inp.shape) == 2 and (isinstance(inp.shape[1], str) or inp.shape[1] == export.CONTEXT_LENGTH))
+    if tower == "image":
+        shape_ok = inp.shape[1:] == [3, arch.image_size, arch.image_size]
+    elif arch.family == "clip":
+        # The sequence axis is dynamic (export revision 2) or, in older exports, fixed at 77.
+        shape_ok = len(inp.shape) == 2 and (isinstance(inp.shape[1], str) or inp.shape[1] == arch.context_length)
+    else:
+        shape_ok = len(inp.shape) == 2 and inp.shape[1] == arch.context_length  # SigLIP: fixed at 64
     type_in = "tensor(float)" if tower == "image" else "tensor(int64)"
     f.check(inp.name == want_in and inp.type == type_in and isinstance(inp.shape[0], str) and shape_ok,
             f"{path.name}: input {inp.name} {inp.type} {inp.shape}")
-    f.check(out.name == want_out and out.type == "tensor(float)" and out.shape[1:] == [export.EMBEDDING_DIM],
+    f.check(out.name == want_out and out.type == "tensor(float)" and out.shape[1:] == [arch.embedding_dim],
             f"{path.name}: output {out.name} {out.type} {out.shape}")
+    f.summary.setdefault("inputs", {})[tower] = [inp.shape[0] if isinstance(inp.shape[0], str) else int(inp.shape[0]),
+                                                  *inp.shape[1:]]
     return sess
 
 
@@ -232,16 +231,19 @@ def elsewhere():
             os.chdir(old)
 
 
-def check_image_tower(model, model_dir: Path, manifest: dict, f: Failures) -> None:
+def check_image_tower(model, model_dir: Path, manifest: dict, f: Failures, arch: export.Arch = export.archs.B32,
+                      limit: int | None = None) -> None:
     import torch
 
-    images = test_images()
+    images = test_images()[:limit]
     processor = image_processor(manifest["image"]["preprocess"])
     pixel_values = processor(images=[im for _, im in images], return_tensors="np")["pixel_values"].astype(np.float32)
     with torch.no_grad():
         want = model.get_image_features(pixel_values=torch.from_numpy(pixel_values)).pooler_output.numpy()
+    f.check(pixel_values.shape[1:] == (3, arch.image_size, arch.image_size),
+            f"image processor made {pixel_values.shape}, the graph takes [batch, 3, {arch.image_size}, {arch.image_size}]")
     with elsewhere():
-        sess = ort_session(model_dir / manifest["image"]["onnx"], "image", f)
+        sess = ort_session(model_dir / manifest["image"]["onnx"], "image", f, arch)
     got = sess.run(["image_embeds"], {"pixel_values": pixel_values})[0]
     single = np.concatenate([sess.run(["image_embeds"], {"pixel_values": pixel_values[i:i + 1]})[0]
                              for i in range(len(images))])
@@ -260,12 +262,18 @@ def check_image_tower(model, model_dir: Path, manifest: dict, f: Failures) -> No
               f"{nearest:14.4f}")
         f.check(cos_batch[i] >= MIN_COSINE, f"image {name}: cosine {cos_batch[i]:.7f} < {MIN_COSINE} (batch)")
         f.check(cos_single[i] >= MIN_COSINE, f"image {name}: cosine {cos_single[i]:.7f} < {MIN_COSINE} (batch of 1)")
+    worst = max(0.0, 1 - min(cos_batch.min(), cos_single.min()))
+    f.summary["image_max_1_minus_cos"] = float(worst)
+    f.summary["images"] = len(images)
     off = between[~np.isnan(between)]
-    print(f"  cosine between different images (torch): min {off.min():.4f}  median {np.median(off):.4f}  "
-          f"max {off.max():.4f}  -> worst 1-cos between images {1 - off.max():.2e}, "
-          f"worst 1-cos ORT vs torch {1 - min(cos_batch.min(), cos_single.min()):.2e}")
-    f.check(off.max() < MIN_COSINE, f"embeddings collapsed: two different images have cosine {off.max():.6f}, "
-            f"the {MIN_COSINE} threshold cannot tell a wrong graph from a right one")
+    if len(off) == 0:  # one image: nothing to compare it with
+        print(f"  worst 1-cos ORT vs torch {worst:.2e}")
+    else:
+        print(f"  cosine between different images (torch): min {off.min():.4f}  median {np.median(off):.4f}  "
+              f"max {off.max():.4f}  -> worst 1-cos between images {1 - off.max():.2e}, "
+              f"worst 1-cos ORT vs torch {worst:.2e}")
+        f.check(off.max() < MIN_COSINE, f"embeddings collapsed: two different images have cosine {off.max():.6f}, "
+                f"the {MIN_COSINE} threshold cannot tell a wrong graph from a right one")
     # Every ORT embedding must be nearest to its own image's torch embedding.
     ranks = np.argmax(cosine(got[:, None, :], want[None, :, :]), axis=1)
     f.check((ranks == np.arange(len(images))).all(), "an ORT image embedding is nearest to another image's")
@@ -273,15 +281,17 @@ def check_image_tower(model, model_dir: Path, manifest: dict, f: Failures) -> No
             "image_embeds look L2-normalised; the graph must return get_image_features unnormalised")
 
 
-def check_text_tower(model, model_dir: Path, manifest: dict, f: Failures) -> None:
+def check_text_tower(model, model_dir: Path, manifest: dict, f: Failures, arch: export.Arch = export.archs.B32,
+                     limit: int | None = None) -> None:
     import torch
 
-    seqs = test_token_ids()
+    # The first three sequences are the padding and collapse checks' (cat, cat eot-padded, dog).
+    seqs = test_token_ids()[:None if limit is None else max(3, limit)]
     ids = np.stack([s for _, s in seqs])
     with torch.no_grad():
         want = model.get_text_features(input_ids=torch.from_numpy(ids)).pooler_output.numpy()
     with elsewhere():
-        sess = ort_session(model_dir / manifest["text"]["onnx"], "text", f)
+        sess = ort_session(model_dir / manifest["text"]["onnx"], "text", f, arch)
     got = sess.run(["text_embeds"], {"input_ids": ids})[0]
     single = np.concatenate([sess.run(["text_embeds"], {"input_ids": ids[i:i + 1]})[0] for i in range(len(seqs))])
     print(f"\ntext tower: {len(seqs)} token sequences, torch get_text_features vs ORT {manifest['text']['onnx']}")
@@ -293,6 +303,7 @@ def check_text_tower(model, model_dir: Path, manifest: dict, f: Failures) -> Non
               f"{cos_single[i]:10.7f}")
         f.check(cos_batch[i] >= MIN_COSINE, f"text {name}: cosine {cos_batch[i]:.7f} < {MIN_COSINE} (batch)")
         f.check(cos_single[i] >= MIN_COSINE, f"text {name}: cosine {cos_single[i]:.7f} < {MIN_COSINE} (batch of 1)")
+    worst = max(0.0, 1 - min(cos_batch.min(), cos_single.min()))
     pad = cosine(got[0], got[1])
     print(f"  zero- vs eot-padded 'a photo of a cat' (ORT): cos {pad:.7f}; cat vs dog: {cosine(got[0], got[2]):.4f}")
     f.check(pad >= MIN_COSINE, "padding id changes the text embedding (EOS pooling or causal mask is wrong)")
@@ -305,25 +316,111 @@ def check_text_tower(model, model_dir: Path, manifest: dict, f: Failures) -> Non
         print(f"  trimmed to <|endoftext|> (as the extension runs it) vs torch padded: min cos {cos_trim.min():.7f}")
         for i, (name, _) in enumerate(seqs):
             f.check(cos_trim[i] >= MIN_COSINE, f"text {name}: cosine {cos_trim[i]:.7f} < {MIN_COSINE} (trimmed)")
+        worst = max(worst, 1 - cos_trim.min())
+    f.summary["text_max_1_minus_cos"] = float(worst)
+    f.summary["texts"] = len(seqs)
+
+
+# Texts the SigLIP graph check embeds, most telling first (--texts N takes the first N): a short English text, a
+# Russian one, one cut at 64 ids, an empty one, then the rest of siglip_tokens.CHECK_TEXTS.
+def siglip_graph_texts() -> list[str]:
+    first = ["a photo of a cat", "Красный кожаный рюкзак для ноутбука", siglip_tokens.CHECK_TEXTS[-3], ""]
+    return first + [t for t in siglip_tokens.CHECK_TEXTS if t not in first]
+
+
+def check_siglip_text_tower(model, model_dir: Path, manifest: dict, f: Failures, arch: export.Arch,
+                            limit: int | None = None) -> None:
+    """The tokenizer (rules vs transformers), then the graph on its ids: 64 per text, padding included, as the
+    extension feeds them; plus one row of ids spread over the whole vocabulary (the embedding matrix's far rows,
+    which a small test tokenizer never reaches)."""
+    import torch
+
+    entry = manifest["text"]
+    tok = entry["tokenizer"]
+    f.check(entry["context_length"] == arch.context_length == tok["max_length"] and tok["padding"] == "max_length"
+            and tok["file"] in manifest["files"] and tok["sha256"] == manifest["files"][tok["file"]]["sha256"],
+            f"text: manifest entry {entry}")
+    from tokenizers import Tokenizer
+
+    data = json.loads((model_dir / tok["file"]).read_text(encoding="utf-8"))
+    f.check(data.get("post_processor") is None and data.get("padding") is None and data.get("truncation") is None,
+            f"{tok['file']}: post_processor, padding and truncation must be null (the manifest's rules do those)")
+    vocab_size = model.config.text_config.vocab_size
+    f.check(Tokenizer.from_file(str(model_dir / tok["file"])).get_vocab_size() <= vocab_size,
+            f"{tok['file']}: more ids than the model's {vocab_size} embedding rows")
+
+    all_texts = list(siglip_tokens.CHECK_TEXTS) + [t for t in ml.FIDELITY_TEXTS if t not in siglip_tokens.CHECK_TEXTS]
+    try:
+        all_ids = siglip_tokens.token_ids(model_dir, all_texts, manifest)
+        agree = True
+    except RuntimeError as e:
+        agree = f.check(False, f"tokenizer: {e}")
+    if agree:
+        rules = siglip_tokens.rules_from_manifest(manifest)
+        long_ok = all(row[-1] == (rules.eos_id if rules.add_eos else row[-1]) for row, t in zip(all_ids, all_texts)
+                      if len(t) > 300)
+        f.check(long_ok, "tokenizer: a text cut at max_length lost its EOS")
+        f.check(all(len(row) == arch.context_length for row in all_ids), "tokenizer: rows not max_length long")
+        print(f"\ntext tokenizer: {len(all_texts)} texts, the manifest's rules (plain Python) and transformers' "
+              f"PreTrainedTokenizerFast agree; test tokenizer: {tok.get('test_tokenizer')}")
+
+    texts = siglip_graph_texts()[:limit]
+    rows = siglip_tokens.token_ids(model_dir, texts, manifest) if agree else []
+    rng = np.random.default_rng(64)
+    spread = np.linspace(4, vocab_size - 1, arch.context_length - 1).astype(np.int64)
+    rng.shuffle(spread)
+    rows.append([*spread.tolist(), tok["eos_id"]])
+    names = [repr(t[:26]) for t in texts[:len(rows) - 1]] + [f"ids 4..{vocab_size - 1}"]
+    ids = np.array(rows, np.int64)
+    with torch.no_grad():
+        want = model.get_text_features(input_ids=torch.from_numpy(ids)).pooler_output.numpy()
+    with elsewhere():
+        sess = ort_session(model_dir / entry["onnx"], "text", f, arch)
+    got = sess.run(["text_embeds"], {"input_ids": ids})[0]
+    single = np.concatenate([sess.run(["text_embeds"], {"input_ids": ids[i:i + 1]})[0] for i in range(len(ids))])
+    cos_batch, cos_single = cosine(got, want), cosine(single, want)
+    print(f"\ntext tower: {len(ids)} id rows of {arch.context_length}, torch get_text_features vs ORT {entry['onnx']}")
+    print(f"  {'text':30s} {'ids':>4s} {'cos':>10s} {'max|diff|':>10s} {'cos(b=1)':>10s} {'|torch|':>8s}")
+    for i, name in enumerate(names):
+        used = int(np.sum(ids[i] != tok["pad_id"])) if tok["pad_id"] != tok["eos_id"] else \
+            int(np.argmax(ids[i] == tok["eos_id"])) + 1
+        print(f"  {name:30s} {used:4d} {cos_batch[i]:10.7f} {np.abs(got[i] - want[i]).max():10.2e} "
+              f"{cos_single[i]:10.7f} {np.linalg.norm(want[i]):8.3f}")
+        f.check(cos_batch[i] >= MIN_COSINE, f"text {name}: cosine {cos_batch[i]:.7f} < {MIN_COSINE} (batch)")
+        f.check(cos_single[i] >= MIN_COSINE, f"text {name}: cosine {cos_single[i]:.7f} < {MIN_COSINE} (batch of 1)")
+    if len(ids) >= 2:
+        f.check(cosine(got[0], got[1]) < MIN_COSINE, "two different texts embed the same: text embeddings collapsed")
+    f.check(not np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-3),
+            "text_embeds look L2-normalised; the graph must return get_text_features unnormalised")
+    worst = max(0.0, 1 - min(cos_batch.min(), cos_single.min()))
+    print(f"  worst 1-cos ORT vs torch {worst:.2e}")
+    f.summary["text_max_1_minus_cos"] = float(worst)
+    f.summary["texts"] = len(ids)
 
 
 def run_fidelity(model_dir: Path, checkpoint: Path | None, f: Failures,
-                 multilingual_checkpoint: Path | None = None) -> None:
+                 multilingual_checkpoint: Path | None = None, images: int | None = None,
+                 texts: int | None = None) -> None:
     manifest = export.read_manifest(model_dir)
     if manifest is None:
         raise SystemExit(f"check_graph_fidelity.py: {model_dir}/manifest.json missing or not a pg_clip manifest")
     print(f"{manifest['model_version']}: {manifest['source']}"
           + (f"\n{export.RANDOM_WARNING}" if manifest["random_weights"] else ""))
     check_directory(model_dir, manifest, f)
+    arch = export.manifest_arch(manifest)
+    f.summary.update(model_name=manifest["model_name"], family=arch.family, embedding_dim=manifest["embedding_dim"])
     if "image" in manifest or "text" in manifest:
         t0 = time.monotonic()
         model = export.model_from_manifest(manifest, checkpoint, attn_implementation="sdpa")
-        print(f"  PyTorch reference rebuilt ({model.config._attn_implementation} attention) in "
-              f"{time.monotonic() - t0:.1f}s")
+        f.summary["parameters"] = export.count_parameters(model)
+        print(f"  PyTorch reference rebuilt ({model.config._attn_implementation} attention, "
+              f"{f.summary['parameters'] / 1e6:.1f}M parameters) in {time.monotonic() - t0:.1f}s")
         if "image" in manifest:
-            check_image_tower(model, model_dir, manifest, f)
-        if "text" in manifest:
-            check_text_tower(model, model_dir, manifest, f)
+            check_image_tower(model, model_dir, manifest, f, arch, images)
+        if "text" in manifest and arch.family == "clip":
+            check_text_tower(model, model_dir, manifest, f, arch, texts)
+        elif "text" in manifest:
+            check_siglip_text_tower(model, model_dir, manifest, f, arch, texts)
         del model
     if ml.MANIFEST_KEY in manifest:
         check_multilingual_tower(model_dir, manifest, f, multilingual_checkpoint)
@@ -685,6 +782,9 @@ def main() -> int:
                     help="the clip-ViT-B-32-multilingual-v1 folder, if the multilingual tower was exported from one")
     ap.add_argument("--self-test-checkpoint", action="store_true",
                     help="also export and test HF and sentence-transformers folders made from random weights")
+    ap.add_argument("--images", type=int, help="test only the first N images (default: all 16)")
+    ap.add_argument("--texts", type=int, help="test only the first N texts / id sequences (default: all)")
+    ap.add_argument("--summary-json", type=Path, help="write the figures (worst 1 - cos per tower...) here")
     args = ap.parse_args()
     if not args.model and not args.self_test_checkpoint:
         ap.error("give --model DIR and/or --self-test-checkpoint")
@@ -695,10 +795,14 @@ def main() -> int:
     t0 = time.monotonic()
     f = Failures()
     if args.model:
-        run_fidelity(args.model.expanduser().absolute(), args.checkpoint, f, args.multilingual_checkpoint)
+        run_fidelity(args.model.expanduser().absolute(), args.checkpoint, f, args.multilingual_checkpoint,
+                     args.images, args.texts)
     if args.self_test_checkpoint:
         self_test_checkpoint(f)
     print(f"\n{f.checks - len(f.items)} passed, {len(f.items)} failed  ({time.monotonic() - t0:.1f}s)")
+    if args.summary_json:
+        args.summary_json.write_text(json.dumps({**f.summary, "passed": f.checks - len(f.items),
+                                                 "failed": len(f.items), "seconds": time.monotonic() - t0}))
     for item in f.items:
         print(f"  - {item}")
     return 1 if f.items else 0

@@ -1,10 +1,14 @@
 #!/usr/bin/env python3
-"""Make pg_clip's model directory: CLIP ViT-B/32 image and text towers as ONNX, the BPE vocabulary, a manifest;
-optionally the multilingual text tower (sentence-transformers clip-ViT-B-32-multilingual-v1's text encoder).
+"""Make pg_clip's model directory: a CLIP or SigLIP model's image and text towers as ONNX, the text tokenizer's
+files, a manifest; optionally the multilingual text tower (sentence-transformers clip-ViT-B-32-multilingual-v1's
+text encoder, beside CLIP ViT-B/32 only).
 
-    python model/export.py --out DIR --random [--seed 42]            # seeded random weights, real architecture
-    python model/export.py --out DIR --checkpoint PATH                # sentence-transformers or HF folder on disk
-    options: --towers image,text,multilingual (default image,text)  --force (re-export even when DIR is up to date)
+    python model/export.py --out DIR --random [--seed 42] [--arch NAME]   # seeded random weights, real architecture
+    python model/export.py --out DIR --checkpoint PATH [--name NAME]      # sentence-transformers or HF folder on disk
+    options: --arch one of architectures.PRESETS (default clip-vit-base-patch32; also clip-vit-base-patch16,
+               clip-vit-large-patch14, clip-vit-large-patch14-336, siglip-base-patch16-224,
+               siglip2-base-patch16-224, siglip2-so400m-patch14-384)
+             --towers image,text,multilingual (default image,text)  --force (re-export even when DIR is up to date)
              --multilingual-checkpoint PATH (a clip-ViT-B-32-multilingual-v1 folder; with --random and no such
                folder, the multilingual tower gets seeded random weights too)
              --int8 (also write int8 graphs of the image and multilingual towers exported; not the default)
@@ -26,6 +30,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import argparse
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import importlib.util
@@ -44,23 +49,26 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+import architectures as archs  # model/architectures.py: presets and checkpoint configs (stdlib only at load)
 import multilingual as ml  # model/multilingual.py: the multilingual text tower (stdlib imports only at load)
+from architectures import Arch
 
 # torch, transformers and onnx are imported where they are used: together they take seconds to import, and the
 # common case ("DIR is up to date") needs none of them.
 if TYPE_CHECKING:
     import onnx
     import torch
-    from transformers import CLIPConfig, CLIPModel
+    from transformers import CLIPConfig, CLIPModel, SiglipModel
 
 TOOL = "pg_clip model/export.py"
 FORMAT = "pg_clip-model"
 FORMAT_VERSION = 1
-MODEL_NAME = "clip-ViT-B-32"
-ARCHITECTURE = "openai/clip-vit-base-patch32"
-EMBEDDING_DIM = 512
-CONTEXT_LENGTH = 77
-IMAGE_SIZE = 224
+# ViT-B/32's values, the default architecture's (model/check_int8.py and model/bench_reference.py read them).
+MODEL_NAME = archs.B32.model_name
+ARCHITECTURE = archs.B32.architecture
+EMBEDDING_DIM = archs.B32.embedding_dim
+CONTEXT_LENGTH = archs.B32.context_length
+IMAGE_SIZE = archs.B32.image_size
 
 # The torch.export-based ("dynamo") exporter translates natively to opset 18 (torch 2.15's torchlib); asking for
 # 17 adds a version-conversion pass through the onnx C API for no gain, since ONNX Runtime 1.31 runs opset 18.
@@ -86,56 +94,14 @@ RANDOM_WARNING = (
     "same compute and memory as the real model."
 )
 
-# openai/clip-vit-base-patch32's config.json, spelled out so that no library default decides the architecture.
-# eos_token_id=2 (not 49407) is what that config says; with it, HF pools the text tower at argmax(input_ids),
-# the position of the highest token id, which is the first <|endoftext|> (49407) in OpenAI-tokenized input.
-TEXT_CONFIG = dict(
-    vocab_size=49408,
-    hidden_size=512,
-    intermediate_size=2048,
-    projection_dim=512,
-    num_hidden_layers=12,
-    num_attention_heads=8,
-    max_position_embeddings=CONTEXT_LENGTH,
-    hidden_act="quick_gelu",
-    layer_norm_eps=1e-5,
-    attention_dropout=0.0,
-    dropout=0.0,
-    initializer_range=0.02,
-    initializer_factor=1.0,
-    bos_token_id=0,
-    eos_token_id=2,
-    pad_token_id=1,
-)
-VISION_CONFIG = dict(
-    hidden_size=768,
-    intermediate_size=3072,
-    projection_dim=512,
-    num_hidden_layers=12,
-    num_attention_heads=12,
-    num_channels=3,
-    image_size=IMAGE_SIZE,
-    patch_size=32,
-    hidden_act="quick_gelu",
-    layer_norm_eps=1e-5,
-    attention_dropout=0.0,
-    dropout=0.0,
-    initializer_range=0.02,
-    initializer_factor=1.0,
-)
-CLIP_CONFIG = dict(projection_dim=EMBEDDING_DIM, logit_scale_init_value=2.6592, initializer_factor=1.0)
-
-# openai/clip-vit-base-patch32's preprocessor_config.json (what the extension's Rust preprocessing reproduces).
-OPENAI_PREPROCESS = {
-    "shortest_edge": 224,
-    "crop_size": 224,
-    "resample": "bicubic",
-    "rescale_factor": 1 / 255,
-    "mean": [0.48145466, 0.4578275, 0.40821073],
-    "std": [0.26862954, 0.26130258, 0.27577711],
-}
-# PIL resampling filter numbers as stored in HF preprocessor configs.
-PIL_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+# ViT-B/32's config and preprocessing (model/architectures.py spells out every architecture's).
+TEXT_CONFIG = archs.CLIP_B32_TEXT
+VISION_CONFIG = archs.CLIP_B32_VISION
+CLIP_CONFIG = archs.CLIP_B32_MODEL
+OPENAI_PREPROCESS = archs.OPENAI_PREPROCESS
+PIL_RESAMPLE = archs.PIL_RESAMPLE
+# The SigLIP text tower's tokenizer file in a model directory.
+SIGLIP_TOKENIZER = "tokenizer.json"
 
 
 # The optional int8 image tower (--int8; see model/README.md, "int8 image tower"). onnxruntime's dynamic
@@ -180,55 +146,79 @@ def log(msg: str) -> None:
 
 
 def clip_config() -> CLIPConfig:
-    from transformers import CLIPConfig
+    """openai/clip-vit-base-patch32's config (the default architecture)."""
+    return archs.B32.transformers_config()
 
-    return CLIPConfig(text_config=dict(TEXT_CONFIG), vision_config=dict(VISION_CONFIG), **CLIP_CONFIG)
 
+def random_model(seed: int, attn_implementation: str = "eager", arch: Arch = archs.B32) -> CLIPModel | SiglipModel:
+    """`arch`'s architecture (a preset: CLIPModel or SiglipModel) with transformers' own init, seeded.
 
-def random_model(seed: int, attn_implementation: str = "eager") -> CLIPModel:
-    """openai/clip-vit-base-patch32's architecture with transformers' own init, seeded.
-
-    transformers initialises every bias to 0 and every LayerNorm to (1, 0). A trained checkpoint has none of
-    those constants, but the exporter's optimizer folds and deduplicates them (all zero biases become one shared
-    tensor), so the random graph would be smaller than the real one. They are therefore redrawn from the same
-    seeded stream: biases ~ N(0, 0.02), LayerNorm scales ~ N(1, 0.02), LayerNorm shifts ~ N(0, 0.02).
+    transformers initialises biases to 0 (SigLIP's MLP biases to N(0, 1e-6)) and every LayerNorm to (1, 0). A
+    trained checkpoint has none of those constants, but the exporter's optimizer folds and deduplicates them (all
+    zero biases become one shared tensor), so the random graph would be smaller than the real one. They are
+    therefore redrawn from the same seeded stream: biases ~ N(0, 0.02) (Linear, the SigLIP patch Conv and its
+    attention-pooling head's packed in_proj bias), LayerNorm scales ~ N(1, 0.02), LayerNorm shifts ~ N(0, 0.02).
+    CLIP has neither a Conv bias nor a MultiheadAttention, so ViT-B/32's weights are what they always were.
     The same seed gives the same weights on the same torch/transformers versions (the manifest records both)."""
     import torch
-    from transformers import CLIPModel
+    from transformers import CLIPModel, SiglipModel
 
     torch.manual_seed(seed)
-    model = CLIPModel(clip_config())
+    model = (CLIPModel if arch.family == "clip" else SiglipModel)(arch.transformers_config())
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, torch.nn.LayerNorm):
                 module.weight.normal_(1.0, 0.02)
                 module.bias.normal_(0.0, 0.02)
-            elif isinstance(module, torch.nn.Linear) and module.bias is not None:
+            elif isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)) and module.bias is not None:
                 module.bias.normal_(0.0, 0.02)
+            elif isinstance(module, torch.nn.MultiheadAttention) and module.in_proj_bias is not None:
+                module.in_proj_bias.normal_(0.0, 0.02)
     model.set_attn_implementation(attn_implementation)
     return model.float().eval()
+
+
+def count_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# Files beside a SigLIP checkpoint's weights that decide its token ids, hashed into source_sha256 with them.
+SIGLIP_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "spiece.model",
+                          "tokenizer.model")
 
 
 @dataclass
 class Checkpoint:
     root: Path  # what the user passed
-    hf_dir: Path  # folder holding the HF CLIPModel (config.json + weights)
+    hf_dir: Path  # folder holding the HF CLIPModel or SiglipModel (config.json + weights)
     layout: str  # "sentence-transformers" | "transformers"
     weight_files: list[Path] = field(default_factory=list)
+    model_type: str = "clip"  # config.json's: "clip" | "siglip"
 
     @property
     def source(self) -> str:
         return f"{self.root.resolve().name} ({self.layout})"
 
     def hashed_files(self) -> list[Path]:
-        # The weights and the two configs: everything that decides what the exported graphs compute.
-        extra = [self.hf_dir / n for n in ("config.json", "preprocessor_config.json") if (self.hf_dir / n).is_file()]
+        # The weights and the two configs: everything that decides what the exported graphs compute; for SigLIP
+        # also the tokenizer's files, which decide its ids (CLIP's ids come from OpenAI's fixed vocabulary).
+        names = ("config.json", "preprocessor_config.json")
+        if self.model_type == "siglip":
+            names += SIGLIP_TOKENIZER_FILES
+        extra = [self.hf_dir / n for n in names if (self.hf_dir / n).is_file()]
         return sorted(self.weight_files + extra)
 
     def source_sha256(self) -> str:
         """sha256 over "<sha256>  <path relative to the checkpoint folder>\\n" lines (sha256sum's format), sorted."""
         lines = "".join(f"{sha256_file(p)}  {p.relative_to(self.root).as_posix()}\n" for p in self.hashed_files())
         return hashlib.sha256(lines.encode()).hexdigest()
+
+    def arch(self, name: str | None = None) -> Arch:
+        """What the manifest says about this model (read from the JSON files; transformers not imported)."""
+        try:
+            return archs.checkpoint_arch(self.hf_dir, self.root.resolve().name, name)
+        except archs.ArchError as e:
+            raise ExportError(str(e)) from None
 
 
 def find_checkpoint(path: Path) -> Checkpoint:
@@ -253,88 +243,50 @@ def find_checkpoint(path: Path) -> Checkpoint:
     weights = sorted(hf_dir.glob("*.safetensors")) or sorted(hf_dir.glob("pytorch_model*.bin"))
     if not weights:
         raise ExportError(f"{hf_dir}: no model.safetensors or pytorch_model.bin")
-    return Checkpoint(root=root, hf_dir=hf_dir, layout=layout, weight_files=weights)
+    try:
+        model_type = json.loads((hf_dir / "config.json").read_text()).get("model_type")
+        archs.architecture_values({"model_type": model_type})  # refuses what export.py cannot build
+    except archs.ArchError as e:
+        raise ExportError(f"{hf_dir / 'config.json'}: {e}") from None
+    except ValueError as e:
+        raise ExportError(f"{hf_dir / 'config.json'}: not JSON ({e})") from None
+    return Checkpoint(root=root, hf_dir=hf_dir, layout=layout, weight_files=weights, model_type=model_type)
 
 
-def check_architecture(config: CLIPConfig) -> None:
-    """The extension's tensors are fixed to ViT-B/32's shapes; refuse anything else rather than export it."""
-    wrong = []
-    for name, want, got in (
-        [("text_config." + k, v, getattr(config.text_config, k, None)) for k, v in TEXT_CONFIG.items()
-         if k not in ("eos_token_id", "bos_token_id", "pad_token_id", "initializer_range", "initializer_factor")]
-        + [("vision_config." + k, v, getattr(config.vision_config, k, None)) for k, v in VISION_CONFIG.items()
-           if k not in ("initializer_range", "initializer_factor")]
-        + [("projection_dim", EMBEDDING_DIM, config.projection_dim)]
-    ):
-        if got != want:
-            wrong.append(f"{name}={got!r} (expected {want!r})")
-    if wrong:
-        raise ExportError("checkpoint is not openai/clip-vit-base-patch32's architecture: " + ", ".join(wrong))
-
-
-def load_checkpoint(ckpt: Checkpoint, attn_implementation: str = "eager") -> CLIPModel:
+def load_checkpoint(ckpt: Checkpoint, attn_implementation: str = "eager",
+                    arch: Arch | None = None) -> CLIPModel | SiglipModel:
+    """The checkpoint's CLIPModel or SiglipModel, float32, local files only; checked against `arch` (what the
+    manifest will say) when given."""
     import torch
-    from transformers import CLIPModel
+    from transformers import CLIPModel, SiglipModel
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # a per-tensor "Loading weights" bar on every load otherwise
-    model = CLIPModel.from_pretrained(
-        ckpt.hf_dir, local_files_only=True, dtype=torch.float32, attn_implementation=attn_implementation
-    )
-    check_architecture(model.config)
+    cls = CLIPModel if ckpt.model_type == "clip" else SiglipModel
+    try:
+        model = cls.from_pretrained(
+            ckpt.hf_dir, local_files_only=True, dtype=torch.float32, attn_implementation=attn_implementation
+        )
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        raise ExportError(f"{ckpt.hf_dir}: transformers cannot build a {cls.__name__} from it: {e}") from None
+    if arch is not None:
+        archs.check_against_model(arch, model.config)
     return model.float().eval()
 
 
 def checkpoint_preprocess(ckpt: Checkpoint) -> dict:
     """Preprocessing recorded in the manifest: the checkpoint's own preprocessor_config.json when it has one."""
-    pre = dict(OPENAI_PREPROCESS)
-    cfg_path = ckpt.hf_dir / "preprocessor_config.json"
-    if not cfg_path.is_file():
-        return pre
-    cfg = json.loads(cfg_path.read_text())
-
-    def edge(v, key):
-        return v.get(key) if isinstance(v, dict) else v
-
-    if "size" in cfg:
-        pre["shortest_edge"] = edge(cfg["size"], "shortest_edge")
-    if "crop_size" in cfg:
-        crop = cfg["crop_size"]
-        if isinstance(crop, dict) and crop.get("height") != crop.get("width"):
-            raise ExportError(f"{cfg_path}: non-square crop_size {crop} is not supported")
-        pre["crop_size"] = edge(crop, "height")
-    if "resample" in cfg:
-        pre["resample"] = PIL_RESAMPLE.get(cfg["resample"], str(cfg["resample"]))
-    for src, dst in (("rescale_factor", "rescale_factor"), ("image_mean", "mean"), ("image_std", "std")):
-        if src in cfg:
-            pre[dst] = cfg[src]
-    for flag in ("do_resize", "do_center_crop", "do_rescale", "do_normalize"):
-        if cfg.get(flag) is False:
-            warnings.warn(f"{cfg_path}: {flag}=false; the manifest cannot express that, the extension will do it")
-    differ = [k for k in pre if not _close(pre[k], OPENAI_PREPROCESS[k])]
-    if differ:
-        warnings.warn(
-            f"{cfg_path}: preprocessing differs from openai/clip-vit-base-patch32 in {', '.join(differ)}; "
-            "the manifest records the checkpoint's values"
-        )
-    return pre
+    return ckpt.arch().preprocess
 
 
-def _close(a, b) -> bool:
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b))
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
-        return abs(a - b) <= 1e-9 * max(1.0, abs(b))
-    return a == b
-
-
-def model_from_manifest(manifest: dict, checkpoint: Path | None = None, attn_implementation: str = "sdpa") -> CLIPModel:
+def model_from_manifest(manifest: dict, checkpoint: Path | None = None,
+                        attn_implementation: str = "sdpa") -> CLIPModel | SiglipModel:
     """The PyTorch model a model directory was exported from (for fidelity tests).
 
     The default attention here is transformers' default (sdpa), i.e. what sentence-transformers runs; the
     export itself traces the eager implementation (see export_tower)."""
     if manifest.get("random_weights"):
-        return random_model(int(manifest["seed"]), attn_implementation)
+        return random_model(int(manifest["seed"]), attn_implementation, archs.preset_for_manifest(manifest))
     if checkpoint is None:
         raise ExportError(f"model was exported from {manifest.get('source')}: pass that checkpoint folder")
     ckpt = find_checkpoint(checkpoint)
@@ -343,19 +295,57 @@ def model_from_manifest(manifest: dict, checkpoint: Path | None = None, attn_imp
     return load_checkpoint(ckpt, attn_implementation)
 
 
+def manifest_arch(manifest: dict, checkpoint: Path | None = None) -> Arch:
+    """The Arch a model directory was exported with: its preset for random weights, else its checkpoint's (read
+    back from the manifest: names, sizes and preprocessing as recorded)."""
+    if manifest.get("random_weights"):
+        return archs.preset_for_manifest(manifest)
+    image = manifest.get("image", {}).get("preprocess", {})
+    text = manifest.get("text", {})
+    family = manifest.get("family", "clip")
+    return Arch(family=family, model_name=manifest["model_name"], architecture=manifest["architecture"],
+                image_size=image.get("crop_size", IMAGE_SIZE), embedding_dim=manifest["embedding_dim"],
+                context_length=text.get("context_length", CONTEXT_LENGTH), preprocess=image,
+                text_rules=archs.TextRules.from_manifest(text["tokenizer"]) if family == "siglip" and text else None,
+                legacy="family" not in manifest)
+
+
 # ---------------------------------------------------------------------------------------------- towers -> ONNX
 
 
-def tower_module(clip: CLIPModel, tower: str) -> torch.nn.Module:
+def tower_module(clip: CLIPModel | SiglipModel, tower: str) -> torch.nn.Module:
     """One tower of `clip` as a module whose single output is the embedding tensor, not normalised.
 
-    image: CLIPModel.get_image_features = pooled CLS state -> visual_projection. In transformers 5 that method
-    returns a BaseModelOutputWithPooling whose pooler_output is the projected embedding; spelling the two steps
-    out keeps the exported graph's one output exactly that tensor.
-    text: CLIPModel.get_text_features = EOS-pooled final state -> text_projection. No attention_mask input: the
-    text encoder is causal, so the pooled EOS position never sees the padding after it, whichever id pads (0 as
-    OpenAI's tokenizer does, 49407 as HF's) and however long the sequence."""
+    CLIP image: CLIPModel.get_image_features = pooled CLS state -> visual_projection. In transformers 5 that
+    method returns a BaseModelOutputWithPooling whose pooler_output is the projected embedding; spelling the two
+    steps out keeps the exported graph's one output exactly that tensor.
+    CLIP text: CLIPModel.get_text_features = EOS-pooled final state -> text_projection. No attention_mask input:
+    the text encoder is causal, so the pooled EOS position never sees the padding after it, whichever id pads (0
+    as OpenAI's tokenizer does, 49407 as HF's) and however long the sequence.
+    SigLIP: get_image_features / get_text_features are the towers' pooler_output: the attention-pooling (MAP)
+    head's output for images, the last position's state through the text head for texts. No attention_mask
+    either: SigLIP was trained without one on texts padded to 64, and the text graph takes exactly 64 ids."""
     import torch
+    from transformers import CLIPModel
+
+    if not isinstance(clip, CLIPModel):
+        class SiglipImageTower(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.vision_model = clip.vision_model
+
+            def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+                return self.vision_model(pixel_values=pixel_values).pooler_output
+
+        class SiglipTextTower(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.text_model = clip.text_model
+
+            def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+                return self.text_model(input_ids=input_ids).pooler_output
+
+        return (SiglipImageTower if tower == "image" else SiglipTextTower)().eval()
 
     class ImageTower(torch.nn.Module):
         def __init__(self):
@@ -394,15 +384,29 @@ def tower_io(tower: str) -> tuple[str, str]:
     return ("pixel_values", "image_embeds") if tower == "image" else ("input_ids", "text_embeds")
 
 
-def example_input(tower: str, batch: int = 2) -> torch.Tensor:
+def example_siglip_ids(arch: Arch, batch: int = 2) -> torch.Tensor:
+    """SigLIP-style ids: a few tokens, EOS, padding to context_length (what the rules make of a short text)."""
+    import torch
+
+    rules = arch.text_rules
+    ids = torch.full((batch, arch.context_length), rules.pad_id, dtype=torch.int64)
+    ids[:, :3] = torch.tensor([100, 200, 300])
+    ids[:, 3] = rules.eos_id
+    ids[1:, 3:8] = torch.tensor([400, 500, 600, 700, rules.eos_id])  # rows differ in length: no pooling shortcut
+    return ids
+
+
+def example_input(tower: str, batch: int = 2, arch: Arch = archs.B32) -> torch.Tensor:
     import torch
 
     if tower == "image":
-        return torch.randn(batch, 3, IMAGE_SIZE, IMAGE_SIZE)
+        return torch.randn(batch, 3, arch.image_size, arch.image_size)
+    if arch.family == "siglip":
+        return example_siglip_ids(arch, batch)
     return example_input_ids(batch)
 
 
-def export_tower(clip: CLIPModel, tower: str) -> onnx.ModelProto:
+def export_tower(clip: CLIPModel | SiglipModel, tower: str, arch: Arch = archs.B32) -> onnx.ModelProto:
     """Trace one tower with the torch.export-based exporter; returns a ModelProto with weights in memory.
 
     The model must use eager attention: its graph is plain MatMul/Softmax, where SDPA's decomposition adds
@@ -413,16 +417,22 @@ def export_tower(clip: CLIPModel, tower: str) -> onnx.ModelProto:
     input_name, output_name = tower_io(tower)
     module = tower_module(clip, tower)
     batch = torch.export.Dim("batch", min=1, max=4096)
-    # The text tower's sequence axis is dynamic too: the encoder is causal and pools at the first
-    # <|endoftext|>, so feeding only the tokens up to it gives the same embedding as the 77-token padded input
-    # at a fraction of the cost (a 4-token query: ~1/19 of the work).
-    sequence = torch.export.Dim("sequence", min=2, max=CONTEXT_LENGTH)
-    dynamic = {0: batch} if tower == "image" else {0: batch, 1: sequence}
+    if tower == "image":
+        dynamic = {0: batch}
+    elif arch.family == "clip":
+        # The CLIP text tower's sequence axis is dynamic too: the encoder is causal and pools at the first
+        # <|endoftext|>, so feeding only the tokens up to it gives the same embedding as the 77-token padded
+        # input at a fraction of the cost (a 4-token query: ~1/19 of the work).
+        dynamic = {0: batch, 1: torch.export.Dim("sequence", min=2, max=arch.context_length)}
+    else:
+        # SigLIP's text encoder is bidirectional and pools at the last position: every one of the 64 ids counts,
+        # padding included, so the sequence axis stays fixed at context_length.
+        dynamic = {0: batch}
     with torch.no_grad(), warnings.catch_warnings(), _quiet_exporter():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
             module,
-            (example_input(tower),),
+            (example_input(tower, arch=arch),),
             dynamo=True,
             opset_version=OPSET,
             input_names=[input_name],
@@ -432,7 +442,7 @@ def export_tower(clip: CLIPModel, tower: str) -> onnx.ModelProto:
             verbose=False,
         )
     proto = program.model_proto
-    _clean_graph(proto, tower)
+    _clean_graph(proto, tower, graph_name=f"{arch.graph_prefix}_{tower}")
     return proto
 
 
@@ -440,6 +450,7 @@ def export_tower(clip: CLIPModel, tower: str) -> onnx.ModelProto:
 def _quiet_exporter():
     # The exporter prints progress lines to stdout and warns that torchvision ops are missing (we use none).
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    logging.getLogger("onnxscript").setLevel(logging.ERROR)  # "Skipping constant folding for op Split" (SigLIP)
     with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
         yield
 
@@ -469,7 +480,9 @@ def _clean_graph(proto: onnx.ModelProto, tower: str, inputs: tuple[str, ...] | N
 def set_model_metadata(proto: onnx.ModelProto, manifest_core: dict) -> None:
     """Model-level metadata (ORT: session.get_modelmeta().custom_metadata_map), so a lone .onnx says what it is."""
     del proto.metadata_props[:]
-    for k in ("model_name", "model_version", "architecture", "random_weights", "seed", "source"):
+    for k in ("model_name", "model_version", "architecture", "family", "random_weights", "seed", "source"):
+        if k not in manifest_core:
+            continue  # "family": ViT-B/32's manifest and graphs carry none
         entry = proto.metadata_props.add()
         entry.key = f"pg_clip.{k}"
         entry.value = json.dumps(manifest_core[k]) if not isinstance(manifest_core[k], str) else manifest_core[k]
@@ -566,21 +579,28 @@ def versions() -> dict:
             "transformers": _dist_version("transformers"), "onnx": _dist_version("onnx"), "opset": OPSET}
 
 
-def manifest_core(seed: int | None, ckpt: Checkpoint | None, source_sha256: str | None) -> dict:
+def manifest_core(seed: int | None, ckpt: Checkpoint | None, source_sha256: str | None,
+                  arch: Arch = archs.B32) -> dict:
+    """The manifest's top-level fields. ViT-B/32's are exactly what they were before the other architectures
+    (no "family": the extension reads a missing family as "clip")."""
     random_weights = ckpt is None
-    return {
+    core = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "model_name": MODEL_NAME,
-        "model_version": f"{MODEL_NAME}-random-seed{seed}" if random_weights else MODEL_NAME,
-        "architecture": ARCHITECTURE,
+        "model_name": arch.model_name,
+        "model_version": f"{arch.model_name}-random-seed{seed}" if random_weights else arch.model_name,
+        "architecture": arch.architecture,
+        "family": arch.family,
         "random_weights": random_weights,
         "seed": seed if random_weights else None,
         "source": "seeded random init" if random_weights else ckpt.source,
         "source_sha256": source_sha256,
-        "embedding_dim": EMBEDDING_DIM,
+        "embedding_dim": arch.embedding_dim,
         "created_by": versions(),
     }
+    if arch.legacy:
+        del core["family"]
+    return core
 
 
 def read_manifest(out: Path) -> dict | None:
@@ -607,15 +627,16 @@ def expected_int8(towers: tuple[str, ...], int8: bool) -> dict:
 
 def up_to_date(out: Path, core: dict, towers: tuple[str, ...], int8: bool = False,
                multilingual: MultilingualSource | None = None) -> str | None:
-    """Why DIR can be kept as it is, or None. Same source (seed or checkpoint hash, the multilingual tower's
-    too), towers and tool versions, the int8 graphs present exactly when asked for (made by the same onnxruntime
+    """Why DIR can be kept as it is, or None. Same architecture and names, same source (seed or checkpoint hash,
+    the multilingual tower's too), towers and tool versions, the int8 graphs present exactly when asked for (made by the same onnxruntime
     with the same settings), and every listed file present with its recorded size (sizes, not hashes: this check
     is meant to be quick)."""
     manifest = read_manifest(out)
     if manifest is None:
         return None
-    keys = ("format_version", "random_weights", "seed", "source_sha256", "created_by")
-    if any(manifest.get(k) != core[k] for k in keys) or manifest_towers(manifest) != towers:
+    keys = ("format_version", "model_name", "architecture", "family", "random_weights", "seed", "source_sha256",
+            "embedding_dim", "created_by")
+    if any(manifest.get(k) != core.get(k) for k in keys) or manifest_towers(manifest) != towers:
         return None
     if multilingual is not None:
         recorded = manifest.get(ml.MANIFEST_KEY, {})
@@ -641,10 +662,10 @@ def int8_settings(settings: dict = INT8_SETTINGS) -> dict:
     return {**settings, "onnxruntime": _dist_version("onnxruntime")}
 
 
-def quantize_image_tower(fp32_path: Path, int8_path: Path, core: dict) -> dict:
+def quantize_image_tower(fp32_path: Path, int8_path: Path, core: dict, arch: Arch = archs.B32) -> dict:
     """fp32 image graph -> int8_path (+ int8_path.data, weights 64 KiB-aligned as in the fp32 graph)."""
-    return quantize_graph(fp32_path, int8_path, core, INT8_SETTINGS, "clip_vit_b32_image_int8", ("pixel_values",),
-                          "image_embeds")
+    return quantize_graph(fp32_path, int8_path, core, INT8_SETTINGS, f"{arch.graph_prefix}_image_int8",
+                          ("pixel_values",), "image_embeds")
 
 
 def quantize_graph(fp32_path: Path, int8_path: Path, meta: dict, settings: dict, graph_name: str,
@@ -699,11 +720,22 @@ def int8_photos() -> list[tuple[str, Path]]:
 
 
 def image_processor(preprocess: dict):
-    """transformers' PIL CLIP image processor with every setting taken from the manifest's `preprocess`
-    (the same construction as check_graph_fidelity.py's: no hub, no library defaults)."""
+    """transformers' PIL image processor with every setting taken from the manifest's `preprocess` (no hub, no
+    library defaults): CLIPImageProcessorPil (shortest edge, centre crop), or SiglipImageProcessorPil for
+    "mode": "squash" (resize to the square). The PIL classes by name: transformers 5's CLIPImageProcessor /
+    SiglipImageProcessor are the torchvision backend, which is not what the extension's Rust code reproduces."""
+    resample = {v: k for k, v in PIL_RESAMPLE.items()}[preprocess["resample"]]
+    if preprocess.get("mode") == archs.SQUASH_MODE:
+        from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+
+        side = preprocess["crop_size"]
+        return SiglipImageProcessorPil(
+            do_resize=True, size={"height": side, "width": side}, resample=resample,
+            do_rescale=True, rescale_factor=preprocess["rescale_factor"],
+            do_normalize=True, image_mean=preprocess["mean"], image_std=preprocess["std"], do_convert_rgb=True,
+        )
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-    resample = {v: k for k, v in PIL_RESAMPLE.items()}[preprocess["resample"]]
     return CLIPImageProcessorPil(
         do_resize=True, size={"shortest_edge": preprocess["shortest_edge"]}, resample=resample,
         do_center_crop=True, crop_size={"height": preprocess["crop_size"], "width": preprocess["crop_size"]},
@@ -745,7 +777,8 @@ def embed_one_by_one(sessions: list, pixels: np.ndarray, rounds: int = 1) -> tup
     busy neighbour slows all of them alike. Returns each session's embeddings (first round) and the
     milliseconds per image, shape [sessions, rounds, images]."""
     ms = np.zeros((len(sessions), rounds, len(pixels)))
-    embeds = [np.zeros((len(pixels), EMBEDDING_DIM), np.float32) for _ in sessions]
+    dim = sessions[0].get_outputs()[0].shape[1]
+    embeds = [np.zeros((len(pixels), dim), np.float32) for _ in sessions]
     for s in sessions:
         s.run(["image_embeds"], {"pixel_values": pixels[:1]})  # warm-up (allocations, prepacking)
     for r in range(rounds):
@@ -775,14 +808,14 @@ def compare_embeddings(reference: np.ndarray, other: np.ndarray) -> dict:
             "self_nearest": (b @ a.T).argmax(1) == np.arange(len(a))}
 
 
-def build_int8_tower(tmp: Path, core: dict, preprocess: dict) -> dict:
+def build_int8_tower(tmp: Path, core: dict, preprocess: dict, arch: Arch = archs.B32) -> dict:
     """Quantize tmp/image.onnx, check the result, measure it against the fp32 graph on INT8_PHOTOS (never on
     $PG_CLIP_PHOTOS: the manifest must not depend on the environment) and return the manifest's image_int8."""
     import onnx
 
     t0 = time.monotonic()
     int8_path = tmp / INT8_ONNX
-    layout = quantize_image_tower(tmp / "image.onnx", int8_path, core)
+    layout = quantize_image_tower(tmp / "image.onnx", int8_path, core, arch)
     onnx.checker.check_model(str(int8_path), full_check=True)
     n, bad = check_alignment(int8_path)
     if bad:
@@ -996,17 +1029,48 @@ def build_multilingual_int8(tmp: Path, meta: dict, tokenizer, max_seq_length: in
 # ---------------------------------------------------------------------------------------------- the export
 
 
-def build_model_dir(tmp: Path, model: CLIPModel | None, core: dict, towers: tuple[str, ...], preprocess: dict,
-                    ckpt: Checkpoint | None, int8: bool = False,
-                    multilingual: MultilingualSource | None = None) -> dict:
-    """`model` is the CLIP model (None when neither image nor text is exported); `multilingual` says where the
-    multilingual tower's weights come from when it is."""
+@dataclass
+class TextTokenizer:
+    """A SigLIP text tower's tokenizer: tokenizer.json's text (post-processor, truncation and padding removed),
+    the rules around it, and whether it is the offline test tokenizer (random weights)."""
+
+    json_text: str
+    rules: archs.TextRules
+    test: bool
+
+    def manifest(self, sha256: str) -> dict:
+        return {"kind": "tokenizers", "file": SIGLIP_TOKENIZER, "sha256": sha256, **self.rules.manifest(),
+                "test_tokenizer": self.test}
+
+
+def siglip_tokenizer(arch: Arch, ckpt: Checkpoint | None) -> TextTokenizer:
+    """The checkpoint's tokenizer (siglip_tokens.folder_tokenizer), or for random weights the test tokenizer
+    trained here (model/test_tokenizer.py) with the preset's rules."""
+    import siglip_tokens
+    import test_tokenizer
+
+    if ckpt is None:
+        log(test_tokenizer.WARNING)
+        return TextTokenizer(test_tokenizer.build().to_str(pretty=True), arch.text_rules, test=True)
+    try:
+        text, rules = siglip_tokens.folder_tokenizer(ckpt.hf_dir, arch.context_length)
+    except ValueError as e:  # a missing or unconvertible tokenizer, a malformed tokenizer.json
+        raise ExportError(str(e)) from None
+    return TextTokenizer(text, rules, test=False)
+
+
+def build_model_dir(tmp: Path, model: CLIPModel | SiglipModel | None, core: dict, towers: tuple[str, ...],
+                    preprocess: dict, ckpt: Checkpoint | None, int8: bool = False,
+                    multilingual: MultilingualSource | None = None, arch: Arch = archs.B32,
+                    tokenizer: TextTokenizer | None = None) -> dict:
+    """`model` is the CLIP or SigLIP model (None when neither image nor text is exported); `multilingual` says
+    where the multilingual tower's weights come from when it is; `tokenizer` is a SigLIP text tower's."""
     import onnx
 
     manifest = dict(core)
     for tower in (t for t in towers if t in ("image", "text")):
         t0 = time.monotonic()
-        proto = export_tower(model, tower)
+        proto = export_tower(model, tower, arch)
         set_model_metadata(proto, core)
         onnx_path = tmp / f"{tower}.onnx"
         layout = save_aligned(proto, onnx_path)
@@ -1015,17 +1079,21 @@ def build_model_dir(tmp: Path, model: CLIPModel | None, core: dict, towers: tupl
         n, bad = check_alignment(onnx_path)
         if bad:
             raise RuntimeError(f"{onnx_path.name}: {bad} of {n} external tensors misaligned")
-        cos = _smoke_test(model, tower, onnx_path)
+        cos = _smoke_test(model, tower, onnx_path, arch)
         log(f"{tower}.onnx: opset {OPSET}, {layout['external_tensors']} tensors in {onnx_path.name}.data at "
             f"{DATA_ALIGNMENT // 1024} KiB-aligned offsets ({layout['padding_bytes'] / 2**20:.1f} MiB padding), "
             f"checker ok, ORT vs torch cos {cos:.7f}, {time.monotonic() - t0:.1f}s")
-    int8_entry = build_int8_tower(tmp, core, preprocess) if int8 and "image" in towers else None
+    int8_entry = build_int8_tower(tmp, core, preprocess, arch) if int8 and "image" in towers else None
     multilingual_sections = build_multilingual(tmp, multilingual, int8) if "multilingual" in towers else {}
-    shutil.copyfile(bpe_vocab_path(), tmp / BPE_VOCAB)
-    if ckpt is not None:
-        for name in CHECKPOINT_TOKENIZER_FILES:
-            if (ckpt.hf_dir / name).is_file():
-                shutil.copyfile(ckpt.hf_dir / name, tmp / name)
+    if arch.family == "clip":
+        # OpenAI's BPE vocabulary serves every OpenAI CLIP size (one tokenizer, 49,408 ids).
+        shutil.copyfile(bpe_vocab_path(), tmp / BPE_VOCAB)
+        if ckpt is not None:
+            for name in CHECKPOINT_TOKENIZER_FILES:
+                if (ckpt.hf_dir / name).is_file():
+                    shutil.copyfile(ckpt.hf_dir / name, tmp / name)
+    elif "text" in towers:
+        (tmp / SIGLIP_TOKENIZER).write_text(tokenizer.json_text, encoding="utf-8")
 
     files = {}
     for p in sorted(tmp.iterdir()):
@@ -1037,7 +1105,11 @@ def build_model_dir(tmp: Path, model: CLIPModel | None, core: dict, towers: tupl
                              "preprocess": preprocess}
     if "text" in towers:
         manifest["text"] = {"onnx": "text.onnx", "input": "input_ids", "output": "text_embeds",
-                            "context_length": CONTEXT_LENGTH, "bpe_vocab": BPE_VOCAB}
+                            "context_length": arch.context_length}
+        if arch.family == "clip":
+            manifest["text"]["bpe_vocab"] = BPE_VOCAB
+        else:
+            manifest["text"]["tokenizer"] = tokenizer.manifest(files[SIGLIP_TOKENIZER]["sha256"])
     if int8_entry is not None:
         manifest["image_int8"] = int8_entry
     manifest.update(multilingual_sections)
@@ -1047,7 +1119,7 @@ def build_model_dir(tmp: Path, model: CLIPModel | None, core: dict, towers: tupl
     return manifest
 
 
-def _smoke_test(model: CLIPModel, tower: str, onnx_path: Path) -> float:
+def _smoke_test(model: CLIPModel | SiglipModel, tower: str, onnx_path: Path, arch: Arch = archs.B32) -> float:
     """Run the saved graph once in ONNX Runtime on a batch of 2 and compare with the traced module: a broken
     graph is never published. (model/check_graph_fidelity.py is the real test.)"""
     import onnxruntime as ort
@@ -1055,14 +1127,14 @@ def _smoke_test(model: CLIPModel, tower: str, onnx_path: Path) -> float:
 
     input_name, output_name = tower_io(tower)
     torch.manual_seed(0)
-    x = example_input(tower)
+    x = example_input(tower, arch=arch)
     with torch.no_grad():
         want = tower_module(model, tower)(x).numpy()
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 2
     sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
     got = sess.run([output_name], {input_name: x.numpy()})[0]
-    if got.shape != (x.shape[0], EMBEDDING_DIM) or not np.isfinite(got).all():
+    if got.shape != (x.shape[0], arch.embedding_dim) or not np.isfinite(got).all():
         raise RuntimeError(f"{onnx_path.name}: ORT output shape {got.shape} or non-finite values")
     cos = float(np.min(np.sum(want * got, 1) / (np.linalg.norm(want, axis=1) * np.linalg.norm(got, axis=1))))
     if cos < 0.9999:
@@ -1125,8 +1197,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True, type=Path, help="model directory to write (replaced atomically)")
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--random", action="store_true", help="seeded random weights, real architecture")
-    src.add_argument("--checkpoint", type=Path, help="sentence-transformers clip-ViT-B-32 or HF CLIPModel folder")
+    src.add_argument("--checkpoint", type=Path,
+                     help="HF CLIPModel or SiglipModel folder, or a sentence-transformers folder wrapping a CLIPModel")
     ap.add_argument("--seed", type=int, default=42, help="seed for --random (default 42)")
+    ap.add_argument("--arch", choices=list(archs.PRESETS),
+                    help=f"architecture for --random (default {archs.DEFAULT_ARCH})")
+    ap.add_argument("--name", help="model_name for --checkpoint (default: clip-ViT-B-32 for a ViT-B/32, else the "
+                                   "basename of config.json's _name_or_path, else the folder's name)")
     ap.add_argument("--towers", type=parse_towers, default=DEFAULT_TOWERS,
                     help="comma list of image, text, multilingual (default image,text)")
     ap.add_argument("--multilingual-checkpoint", type=Path,
@@ -1144,6 +1221,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.checkpoint and "multilingual" in args.towers and not args.multilingual_checkpoint:
         ap.error("--towers multilingual with --checkpoint needs --multilingual-checkpoint: random multilingual "
                  "weights beside real CLIP weights would look real and mean nothing")
+    if args.arch and not args.random:
+        ap.error("--arch chooses the architecture of --random; a checkpoint brings its own (config.json)")
+    if args.name and not args.checkpoint:
+        ap.error("--name names a --checkpoint's model; random weights are named after their preset")
     t_start = time.monotonic()
     out = args.out.expanduser().absolute()
 
@@ -1156,7 +1237,14 @@ def main(argv: list[str] | None = None) -> int:
             check_out_dir(out)
             ckpt = None if args.random else find_checkpoint(args.checkpoint)
             source_sha = None if ckpt is None else ckpt.source_sha256()
-            core = manifest_core(args.seed if args.random else None, ckpt, source_sha)
+            # Preprocessing warnings wait until there is something to export (an up-to-date run stays quiet).
+            with warnings.catch_warnings(record=True) as arch_warnings:
+                warnings.simplefilter("always")
+                arch = archs.PRESETS[args.arch or archs.DEFAULT_ARCH] if ckpt is None else ckpt.arch(args.name)
+            if "multilingual" in args.towers and not arch.legacy:
+                raise ExportError(f"--towers multilingual: clip-ViT-B-32-multilingual-v1 maps texts into CLIP "
+                                  f"ViT-B/32's vector space, so it goes only beside ViT-B/32, not {arch.architecture}")
+            core = manifest_core(args.seed if args.random else None, ckpt, source_sha, arch)
             multilingual = None
             if "multilingual" in args.towers:
                 if args.multilingual_checkpoint:
@@ -1174,25 +1262,33 @@ def main(argv: list[str] | None = None) -> int:
                     log(RANDOM_WARNING)
                 return 0
 
+            for w in arch_warnings:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+            # A SigLIP tokenizer problem is the user's to fix: find it before the minutes of export.
+            tokenizer = siglip_tokenizer(arch, ckpt) if arch.family == "siglip" and "text" in args.towers else None
+            if tokenizer is not None:
+                arch = dataclasses.replace(arch, text_rules=tokenizer.rules)  # a checkpoint's come from its files
+
             import torch
 
             torch.set_num_threads(min(2, os.cpu_count() or 1))
-            model, preprocess = None, dict(OPENAI_PREPROCESS)
+            model, preprocess = None, dict(arch.preprocess)
             if not {"image", "text"} & set(args.towers):
                 pass  # the multilingual tower alone: no CLIP model to build
             elif ckpt is None:
-                log(f"building {ARCHITECTURE} with random weights, seed {args.seed}")
-                model = random_model(args.seed)
+                log(f"building {arch.architecture} with random weights, seed {args.seed}")
+                model = random_model(args.seed, arch=arch)
             else:
                 log(f"loading {ckpt.source} from {ckpt.hf_dir} (local files only)")
-                model, preprocess = load_checkpoint(ckpt), checkpoint_preprocess(ckpt)
+                model = load_checkpoint(ckpt, arch=arch)
 
             tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
             umask = os.umask(0)
             os.umask(umask)
             os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700; the postgres user must be able to read it
             try:
-                manifest = build_model_dir(tmp, model, core, args.towers, preprocess, ckpt, args.int8, multilingual)
+                manifest = build_model_dir(tmp, model, core, args.towers, preprocess, ckpt, args.int8, multilingual,
+                                           arch, tokenizer)
                 publish(tmp, out)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -1216,6 +1312,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"exported in {elapsed:.1f}s")
     if manifest["random_weights"]:
         print(RANDOM_WARNING)
+    if manifest.get("text", {}).get("tokenizer", {}).get("test_tokenizer"):
+        import test_tokenizer
+
+        print(test_tokenizer.WARNING)
     return 0
 
 
