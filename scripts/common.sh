@@ -34,6 +34,27 @@ make_model() {
   "$PY" "$ROOT/model/export.py" --random --seed "$MODEL_SEED" --towers image,text,multilingual --int8 --out "$MODEL_DIR"
 }
 
+# The models the side-by-side test (tests/clients/test_models.py) loads, under $MODELS_DIR (its pg_clip.models_path),
+# all with RANDOM weights: ViT-B/16 (512 dimensions, like the default: the case a dimension check cannot catch),
+# SigLIP 2 base (768, its own tokenizer and processor), and b32-other: the default model's files under another
+# model_version (another checkpoint of the same architecture), hard-linked, so it costs no disk.
+MODELS_DIR=${MODELS_DIR:-$ROOT/target/pg_clip/models}
+TEST_MODELS=(clip-vit-base-patch16 siglip2-base-patch16-224)
+make_test_models() {
+  local arch
+  for arch in "${TEST_MODELS[@]}"; do
+    "$PY" "$ROOT/model/export.py" --random --seed "$MODEL_SEED" --arch "$arch" --out "$MODELS_DIR/$arch" >/dev/null
+  done
+  local other=$MODELS_DIR/b32-other
+  if [ "$(cat "$other/.source" 2>/dev/null)" != "$(sha256sum "$MODEL_DIR/manifest.json")" ]; then
+    rm -rf "$other" && mkdir -p "$other"
+    cp -al "$MODEL_DIR/." "$other/" && rm "$other/manifest.json"
+    "$PY" -c 'import json, sys; m = json.load(open(sys.argv[1])); m["model_version"] = "clip-ViT-B-32-other-weights"
+json.dump(m, open(sys.argv[2], "w"), indent=2)' "$MODEL_DIR/manifest.json" "$other/manifest.json"
+    sha256sum "$MODEL_DIR/manifest.json" > "$other/.source"
+  fi
+}
+
 # install_extension: build (release) and install the extension, the model and the ONNX Runtime library
 # where the settings' defaults look: $sharedir/pg_clip/model and $pkglibdir/pg_clip/libonnxruntime.so.
 install_extension() {

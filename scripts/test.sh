@@ -2,7 +2,8 @@
 # Every test, on a fresh machine or an old one (idempotent). PG_MAJOR (make test PG=17) picks the PostgreSQL
 # major; scripts/setup.sh installs it (15 from Debian, 17 and 18 built once into cached packages).
 #   1. Rust unit tests and the preprocessing fidelity test (plain cargo test, no server);
-#   2. the model tool: export the seeded random-weight model, graph fidelity ONNX vs PyTorch;
+#   2. the model tool: export the seeded random-weight model, graph fidelity ONNX vs PyTorch; the same for every
+#      other architecture (ViT-B/16, L/14, L/14-336, SigLIP, SigLIP 2 base and so400m), one at a time;
 #   3. SQL tests (pg_regress) against a real PostgreSQL with real pgvector and the installed extension, a
 #      cluster without pg_clip preloaded for the placeholder case, and the client tests against the same
 #      server: the example application (and, on the default major, its page in headless Chromium), the
@@ -26,9 +27,13 @@ if [ "$PG_MAJOR" = "$DEFAULT_PG_MAJOR" ]; then
   make_model
   "$PY" model/check_graph_fidelity.py --model "$MODEL_DIR"
   "$PY" model/check_graph_fidelity.py --self-test-checkpoint
+  log "2/3 every other architecture (random weights, real shapes): export, ONNX Runtime vs PyTorch, one by one"
+  "$PY" model/check_architectures.py --work "$MODELS_DIR" --keep "${TEST_MODELS[@]}"
+  make_test_models
 else
   log "PostgreSQL $PG_MAJOR: the server-side tests only (cargo test and the model tool run with PG=$DEFAULT_PG_MAJOR)"
   make_model >/dev/null
+  make_test_models
 fi
 
 log "3/3 SQL tests (pg_regress) on a local PostgreSQL $PG_MAJOR cluster"
@@ -108,6 +113,11 @@ log "3/3 cold start: 8 first calls at once, one backend prepares the shared mode
 log "3/3 security: an owner's code never runs with more rights; each owner's bookkeeping its own (psycopg)"
 PG_CLIP_TEST_HTTP=http://127.0.0.1:$http_port \
   "$PY" tests/clients/test_security.py "host=$PGHOST port=$PGPORT user=postgres"
+
+log "3/3 several models side by side: ViT-B/16, SigLIP 2 and the default in one database (psycopg)"
+PG_CLIP_TEST_HTTP=http://127.0.0.1:$http_port PG_CLIP_TEST_MODELS_PATH=$MODELS_DIR \
+  "$PY" tests/clients/test_models.py "host=$PGHOST port=$PGPORT user=postgres" "$work" \
+  "${TEST_MODELS[@]}" b32-other
 
 # Clusters of its own: a primary with every tower prepared, tar base backups, pgBackRest, failover and pg_rewind.
 log "3/3 backups and failover: pg_basebackup -Ft, pgBackRest, pg_ctl promote, pg_rewind"
