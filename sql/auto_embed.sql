@@ -22,9 +22,10 @@
 -- search_path = pg_catalog, pg_temp, and check that their caller owns the table it names. Row-level security
 -- keeps each owner's settings, queue and log to itself.
 
--- Which tables are served, with which columns. pg_dump keeps it with the extension.
+-- Which tables are served, with which columns: one row per vector column kept fresh (a table moving to another
+-- model has two, each filled by its own model, see clip_vector_columns). pg_dump keeps it with the extension.
 CREATE TABLE @extschema@.clip_auto_embed_tables (
-    relation      pg_catalog.regclass    PRIMARY KEY,
+    relation      pg_catalog.regclass    NOT NULL,
     url_column    pg_catalog.name        NOT NULL,
     vector_column pg_catalog.name        NOT NULL,
     key_column    pg_catalog.name        NOT NULL,
@@ -34,7 +35,8 @@ CREATE TABLE @extschema@.clip_auto_embed_tables (
     pending_index pg_catalog.name,                                -- the partial index clip_auto_embed made
     last_sweep_at pg_catalog.timestamptz,                         -- the worker's last look for pending rows
     last_error    pg_catalog.text,                                -- the worker's last error on this table, and when
-    last_error_at pg_catalog.timestamptz
+    last_error_at pg_catalog.timestamptz,
+    PRIMARY KEY (relation, vector_column)
 );
 COMMENT ON TABLE @extschema@.clip_auto_embed_tables IS
     'pg_clip: tables whose vectors the auto-embed worker keeps fresh (clip_auto_embed)';
@@ -51,10 +53,11 @@ CREATE TABLE @extschema@.clip_auto_embed_queue (
     queued_at  pg_catalog.timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),  -- when the worker found the change
     replace    pg_catalog.bool        NOT NULL DEFAULT false,  -- re-embed although the row has a vector (model changed)
     not_before pg_catalog.timestamptz,                         -- after a transient failure: retry from then on
-    PRIMARY KEY (relation, row_key)
+    vector_column pg_catalog.name     NOT NULL,                -- the column the row waits for
+    PRIMARY KEY (relation, vector_column, row_key)
 );
 -- Fresh changes before model re-embeds, each in change order.
-CREATE INDEX clip_auto_embed_queue_order ON @extschema@.clip_auto_embed_queue (relation, replace, change_id);
+CREATE INDEX clip_auto_embed_queue_order ON @extschema@.clip_auto_embed_queue (relation, vector_column, replace, change_id);
 COMMENT ON TABLE @extschema@.clip_auto_embed_queue IS
     'pg_clip: rows the auto-embed worker has still to embed';
 
@@ -64,7 +67,8 @@ CREATE TABLE @extschema@.clip_auto_embed_log (
     finished_at pg_catalog.timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
     embedded    pg_catalog.int4        NOT NULL,
     failed      pg_catalog.int4        NOT NULL,
-    seconds     pg_catalog.float8      NOT NULL
+    seconds     pg_catalog.float8      NOT NULL,
+    vector_column pg_catalog.name                                  -- the column embedded
 );
 CREATE INDEX clip_auto_embed_log_recent ON @extschema@.clip_auto_embed_log (relation, finished_at);
 
@@ -108,7 +112,7 @@ SELECT pg_catalog.pg_extension_config_dump('@extschema@.clip_auto_embed_change_s
 -- (clip_backfill_pending_rows, through the table's partial index of pending rows, in key order and in
 -- chunks); their keys and URLs come back as text. On the way, failure records about other photos or rows
 -- that are gone are forgotten, and so are queue entries waiting for a retry whose row wants nothing any more.
-CREATE FUNCTION @extschema@.clip_auto_embed_sweep(target regclass) RETURNS bigint
+CREATE FUNCTION @extschema@.clip_auto_embed_sweep(target regclass, vector_column name) RETURNS bigint
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $function$
@@ -123,7 +127,7 @@ DECLARE
     queued       bigint := 0;
 BEGIN
     PERFORM @extschema@.clip_backfill_authorize(target);
-    SELECT * INTO c FROM @extschema@.clip_auto_embed_tables t WHERE t.relation = target;
+    SELECT * INTO c FROM @extschema@.clip_auto_embed_tables t WHERE t.relation = target AND t.vector_column = $2;
     IF NOT FOUND THEN
         RETURN 0;
     END IF;
@@ -136,8 +140,8 @@ BEGIN
         EXIT WHEN keys IS NULL;
         after := keys[pg_catalog.cardinality(keys)];
         WITH q AS (
-            INSERT INTO @extschema@.clip_auto_embed_queue (relation, row_key)
-            SELECT target, o.k FROM ROWS FROM (pg_catalog.unnest(keys), pg_catalog.unnest(urls)) WITH ORDINALITY AS o(k, u, n)
+            INSERT INTO @extschema@.clip_auto_embed_queue (relation, vector_column, row_key)
+            SELECT target, c.vector_column, o.k FROM ROWS FROM (pg_catalog.unnest(keys), pg_catalog.unnest(urls)) WITH ORDINALITY AS o(k, u, n)
             WHERE NOT EXISTS (SELECT 1 FROM @extschema@.clip_backfill_failures f
                               WHERE f.relation = target AND f.row_key = o.k
                                 AND (f.url_sha256 IS NULL OR f.url_sha256 = @extschema@.clip_backfill_url_sha256(o.u))
@@ -153,19 +157,38 @@ BEGIN
     -- is gone or wants nothing any more leave now, not when they come due: the status view counts them.
     SELECT pg_catalog.array_agg(q.row_key) INTO keys
       FROM (SELECT q.row_key FROM @extschema@.clip_auto_embed_queue q
-             WHERE q.relation = target AND q.not_before > pg_catalog.clock_timestamp()
+             WHERE q.relation = target AND q.vector_column = c.vector_column
+               AND q.not_before > pg_catalog.clock_timestamp()
              ORDER BY q.not_before LIMIT 1000) q;
     IF keys IS NOT NULL THEN
         WITH s AS MATERIALIZED (
             SELECT * FROM @extschema@.clip_backfill_row_states(target, c.url_column, c.vector_column, c.key_column,
                                                                keys, @extschema@.clip_backfill_model_version()))
         DELETE FROM @extschema@.clip_auto_embed_queue q
-         WHERE q.relation = target AND q.row_key = ANY (keys)
+         WHERE q.relation = target AND q.vector_column = c.vector_column AND q.row_key = ANY (keys)
            AND NOT EXISTS (SELECT 1 FROM s WHERE s.row_key = q.row_key AND s.url IS NOT NULL
                              AND (NOT s.has_vector OR (q.replace AND s.other_version)));
     END IF;
     UPDATE @extschema@.clip_auto_embed_tables t SET last_sweep_at = pg_catalog.clock_timestamp()
-     WHERE t.relation = target;
+     WHERE t.relation = target AND t.vector_column = c.vector_column;
+    RETURN queued;
+END
+$function$;
+
+-- Every vector column of target kept fresh: the sum.
+CREATE FUNCTION @extschema@.clip_auto_embed_sweep(target regclass) RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $function$
+DECLARE
+    queued bigint := 0;
+    col    name;
+BEGIN
+    PERFORM @extschema@.clip_backfill_authorize(target);
+    FOR col IN SELECT t.vector_column FROM @extschema@.clip_auto_embed_tables t WHERE t.relation = target
+               ORDER BY t.vector_column LOOP
+        queued := queued + @extschema@.clip_auto_embed_sweep(target, col);
+    END LOOP;
     RETURN queued;
 END
 $function$;
@@ -180,9 +203,31 @@ DECLARE
 BEGIN
     PERFORM @extschema@.clip_backfill_authorize(target);
     FOR trigger IN SELECT t.tgname FROM pg_catalog.pg_trigger t
-                   WHERE t.tgrelid = target AND t.tgname IN ('zz_clip_auto_embed_insert', 'zz_clip_auto_embed_url') LOOP
+                   WHERE t.tgrelid = target
+                     AND (t.tgname IN ('zz_clip_auto_embed_insert', 'zz_clip_auto_embed_url')
+                          OR t.tgfoid = '@extschema@.clip_auto_embed_url_changed()'::pg_catalog.regprocedure) LOOP
         EXECUTE pg_catalog.format('DROP TRIGGER %I ON %s', trigger, target);
     END LOOP;
+END
+$function$;
+
+-- The URL trigger that clears vector_column (its first argument), if target has one.
+CREATE FUNCTION @extschema@.clip_auto_embed_drop_url_trigger(target regclass, vector_column name) RETURNS boolean
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $function$
+DECLARE
+    trigger name;
+BEGIN
+    PERFORM @extschema@.clip_backfill_authorize(target);
+    SELECT t.tgname INTO trigger FROM pg_catalog.pg_trigger t
+     WHERE t.tgrelid = target AND t.tgfoid = '@extschema@.clip_auto_embed_url_changed()'::pg_catalog.regprocedure
+       AND pg_catalog.convert_from(pg_catalog.decode(
+               pg_catalog.split_part(pg_catalog.encode(t.tgargs, 'escape'), '\000', 1), 'escape'), 'UTF8') = $2;
+    IF trigger IS NOT NULL THEN
+        EXECUTE pg_catalog.format('DROP TRIGGER %I ON %s', trigger, target);
+    END IF;
+    RETURN trigger IS NOT NULL;
 END
 $function$;
 
@@ -204,6 +249,8 @@ DECLARE
     previous    @extschema@.clip_auto_embed_tables;
     queued      bigint;
     distributed boolean;
+    others      boolean;
+    trigger_name name;
 BEGIN
     IF target IS NULL THEN
         RAISE EXCEPTION 'pg_clip: the table must be named' USING ERRCODE = '22004';
@@ -249,8 +296,18 @@ BEGIN
     -- The partial index of pending rows, (re)made when the columns change: the worker's look for work reads
     -- it, so that the writers' INSERTs need to do nothing but wake the worker. (CREATE INDEX evaluates
     -- the predicate as the table's owner, in a security-restricted operation, as PostgreSQL always does.)
-    SELECT * INTO previous FROM @extschema@.clip_auto_embed_tables t WHERE t.relation = target;
-    index_name := left(relname, 30) || '_clip_auto_embed_pending';
+    SELECT * INTO previous FROM @extschema@.clip_auto_embed_tables t WHERE t.relation = target AND t.vector_column = $3;
+    -- Another vector column of the table kept fresh already (a move to another model): this one is a second
+    -- registration, with an index and a URL trigger of its own. Not on Citus in this version.
+    others := EXISTS (SELECT 1 FROM @extschema@.clip_auto_embed_tables t WHERE t.relation = target AND t.vector_column <> $3);
+    IF others AND distributed THEN
+        RAISE EXCEPTION 'pg_clip: % (distributed) already has a vector column embedded automatically', target
+            USING ERRCODE = '0A000',
+                  HINT = 'On Citus, automatic embedding keeps one vector column per table fresh: fill the other one '
+                         'with CALL clip_backfill.';
+    END IF;
+    index_name := CASE WHEN others THEN left(relname, 20) || '_' || left(vector_column, 20) || '_clip_pending'
+                       ELSE left(relname, 30) || '_clip_auto_embed_pending' END;
     IF previous.pending_index IS NOT NULL AND (previous.pending_index <> index_name
             OR (previous.url_column, previous.vector_column, previous.key_column) <> (url_column, vector_column, d.key_name)) THEN
         EXECUTE pg_catalog.format('DROP INDEX IF EXISTS %I.%I', schema_name, previous.pending_index);
@@ -263,27 +320,35 @@ BEGIN
 
     INSERT INTO @extschema@.clip_auto_embed_tables AS t (relation, url_column, vector_column, key_column, pending_index)
     VALUES (target, url_column, vector_column, d.key_name, index_name)
-    ON CONFLICT (relation) DO UPDATE
+    ON CONFLICT ON CONSTRAINT clip_auto_embed_tables_pkey DO UPDATE
         SET url_column = excluded.url_column, vector_column = excluded.vector_column,
             key_column = excluded.key_column, pending_index = excluded.pending_index,
             last_error = NULL, last_error_at = NULL;
 
     -- The triggers, (re)made with these columns. Named to fire after the table's other BEFORE triggers, so
-    -- that they see the URL a normalising trigger may have rewritten.
-    PERFORM @extschema@.clip_auto_embed_drop_triggers(target);
-    EXECUTE pg_catalog.format(
-        'CREATE TRIGGER zz_clip_auto_embed_insert AFTER INSERT ON %s FOR EACH STATEMENT '
-        'EXECUTE FUNCTION @extschema@.clip_auto_embed_inserted()',
-        target);
+    -- that they see the URL a normalising trigger may have rewritten. One INSERT trigger per table; one URL
+    -- trigger per vector column kept fresh (told apart by the column it clears, its first argument).
+    PERFORM @extschema@.clip_auto_embed_drop_url_trigger(target, vector_column);
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t
+                   WHERE t.tgrelid = target AND t.tgname = 'zz_clip_auto_embed_insert') THEN
+        EXECUTE pg_catalog.format(
+            'CREATE TRIGGER zz_clip_auto_embed_insert AFTER INSERT ON %s FOR EACH STATEMENT '
+            'EXECUTE FUNCTION @extschema@.clip_auto_embed_inserted()',
+            target);
+    END IF;
+    trigger_name := CASE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_trigger t
+                                      WHERE t.tgrelid = target AND t.tgname = 'zz_clip_auto_embed_url')
+                         THEN left('zz_clip_auto_embed_url_for_' || vector_column, 63)
+                         ELSE 'zz_clip_auto_embed_url' END;
     -- (The WHEN compares URLs only, text with text, with pg_catalog's operator; whether the vector was
     -- written too is for the function to tell: a comparison of vectors here would need pgvector's = operator,
     -- which pg_dump cannot qualify in a trigger's WHEN.)
     EXECUTE pg_catalog.format(
-        'CREATE TRIGGER zz_clip_auto_embed_url BEFORE UPDATE OF %2$I ON %1$s FOR EACH ROW '
+        'CREATE TRIGGER %6$I BEFORE UPDATE OF %2$I ON %1$s FOR EACH ROW '
         'WHEN (OLD.%2$I::pg_catalog.text IS DISTINCT FROM NEW.%2$I::pg_catalog.text) '
         'EXECUTE FUNCTION @extschema@.clip_auto_embed_url_changed(%3$L, %4$L, %5$L)',
         target, url_column, vector_column, d.key_name,
-        CASE WHEN d.has_version THEN 'model_version' ELSE '' END);
+        CASE WHEN d.has_version THEN 'model_version' ELSE '' END, trigger_name);
 
     IF distributed THEN
         -- The nodes' workers find the shards' triggers once this transaction commits; the rows they will
@@ -293,8 +358,9 @@ BEGIN
                      'each node that holds its shards; % rows pending', target, queued;
         RETURN queued;
     END IF;
-    queued := @extschema@.clip_auto_embed_sweep(target);
-    RAISE NOTICE 'clip_auto_embed: % is embedded automatically from now on; % rows queued', target, queued;
+    queued := @extschema@.clip_auto_embed_sweep(target, vector_column);
+    RAISE NOTICE 'clip_auto_embed: %.% is embedded automatically from now on; % rows queued', target,
+        pg_catalog.quote_ident(vector_column), queued;
     RETURN queued;
 END
 $function$;
@@ -316,17 +382,55 @@ BEGIN
     END IF;
     SELECT n.nspname INTO schema_name
       FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = target;
-    DELETE FROM @extschema@.clip_auto_embed_tables t WHERE t.relation = target RETURNING t.pending_index INTO index_name;
-    was_on := FOUND;
-    IF index_name IS NOT NULL THEN
-        EXECUTE pg_catalog.format('DROP INDEX IF EXISTS %I.%I', schema_name, index_name);
-    END IF;
+    was_on := false;
+    FOR index_name IN DELETE FROM @extschema@.clip_auto_embed_tables t WHERE t.relation = target
+                      RETURNING t.pending_index LOOP
+        was_on := true;
+        IF index_name IS NOT NULL THEN
+            EXECUTE pg_catalog.format('DROP INDEX IF EXISTS %I.%I', schema_name, index_name);
+        END IF;
+    END LOOP;
     PERFORM @extschema@.clip_auto_embed_drop_triggers(target);
     DELETE FROM @extschema@.clip_auto_embed_queue q WHERE q.relation = target;
     DELETE FROM @extschema@.clip_auto_embed_log l WHERE l.relation = target;
     -- The worker looks again at COMMIT, and goes when no table is left.
     PERFORM @extschema@.clip_auto_embed_wake(start_worker => false);
     RETURN was_on;
+END
+$function$;
+
+-- Stops keeping one vector column of target fresh (the end of a move to another model: the old column), the
+-- others going on. Its index, URL trigger and queue go; its vectors and failure records stay. The last one is
+-- clip_auto_embed_stop(target).
+CREATE FUNCTION @extschema@.clip_auto_embed_stop(target regclass, vector_column name) RETURNS boolean
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $function$
+DECLARE
+    schema_name name;
+    index_name  name;
+BEGIN
+    PERFORM @extschema@.clip_backfill_authorize(target);
+    IF NOT EXISTS (SELECT 1 FROM @extschema@.clip_auto_embed_tables t
+                   WHERE t.relation = target AND t.vector_column <> $2) THEN
+        IF NOT EXISTS (SELECT 1 FROM @extschema@.clip_auto_embed_tables t
+                       WHERE t.relation = target AND t.vector_column = $2) THEN
+            RETURN false;
+        END IF;
+        RETURN @extschema@.clip_auto_embed_stop(target);
+    END IF;
+    SELECT n.nspname INTO schema_name
+      FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = target;
+    DELETE FROM @extschema@.clip_auto_embed_tables t WHERE t.relation = target AND t.vector_column = $2
+    RETURNING t.pending_index INTO index_name;
+    IF index_name IS NOT NULL THEN
+        EXECUTE pg_catalog.format('DROP INDEX IF EXISTS %I.%I', schema_name, index_name);
+    END IF;
+    PERFORM @extschema@.clip_auto_embed_drop_url_trigger(target, vector_column);
+    DELETE FROM @extschema@.clip_auto_embed_queue q WHERE q.relation = target AND q.vector_column = $2;
+    DELETE FROM @extschema@.clip_auto_embed_log l WHERE l.relation = target AND l.vector_column = $2;
+    PERFORM @extschema@.clip_auto_embed_wake(start_worker => false);
+    RETURN true;
 END
 $function$;
 
@@ -374,8 +478,9 @@ BEGIN
         RETURN @extschema@.clip_auto_embed_on_nodes(target, 'retry');
     END IF;
     WITH f AS (DELETE FROM @extschema@.clip_backfill_failures f WHERE f.relation = target RETURNING f.row_key),
-         q AS (INSERT INTO @extschema@.clip_auto_embed_queue (relation, row_key)
-               SELECT target, f.row_key FROM f
+         q AS (INSERT INTO @extschema@.clip_auto_embed_queue (relation, vector_column, row_key)
+               SELECT target, t.vector_column, f.row_key FROM f
+               CROSS JOIN @extschema@.clip_auto_embed_tables t WHERE t.relation = target
                ON CONFLICT ON CONSTRAINT clip_auto_embed_queue_pkey DO UPDATE SET not_before = NULL
                RETURNING 1)
     SELECT count(*) INTO queued FROM q;
@@ -396,41 +501,54 @@ AS $function$
 DECLARE
     c          @extschema@.clip_auto_embed_tables;
     d          record;
-    version    text := @extschema@.clip_backfill_model_version();
+    version    text;
     chunk_size constant integer := 10000;
     after      text;
     keys       text[];
     n          bigint;
     queued     bigint := 0;
+    found_one  boolean := false;
 BEGIN
     PERFORM @extschema@.clip_backfill_authorize(target);
-    SELECT * INTO c FROM @extschema@.clip_auto_embed_tables t WHERE t.relation = target;
-    IF NOT FOUND THEN
+    IF NOT EXISTS (SELECT 1 FROM @extschema@.clip_auto_embed_tables t WHERE t.relation = target) THEN
         RAISE EXCEPTION 'pg_clip: % is not embedded automatically', target USING ERRCODE = '55000',
             HINT = 'Turn it on with clip_auto_embed().';
     END IF;
     IF @extschema@.clip_is_distributed(target) THEN
         RETURN @extschema@.clip_auto_embed_on_nodes(target, 'requeue', keep_versions => keep_versions);
     END IF;
-    SELECT * INTO d FROM @extschema@.clip_backfill_target(target, c.url_column, c.vector_column, c.key_column);
-    IF NOT d.has_version THEN
+    -- The column model_version describes (clip_backfill_target), with the model recorded for it: that model's
+    -- files may have been replaced (a new checkpoint under the same name), which is what a requeue is for.
+    FOR c IN SELECT * FROM @extschema@.clip_auto_embed_tables t WHERE t.relation = target ORDER BY t.vector_column LOOP
+        SELECT * INTO d FROM @extschema@.clip_backfill_target(target, c.url_column, c.vector_column, c.key_column);
+        CONTINUE WHEN NOT d.has_version;
+        found_one := true;
+        PERFORM @extschema@.clip_use_vector_column_model(target, c.vector_column);
+        version := @extschema@.clip_backfill_model_version();
+        -- The column is being refilled with the model's current version: searches with it are right again.
+        UPDATE @extschema@.clip_vector_columns v SET model_version = i.model_version, dimensions = i.dimensions
+          FROM @extschema@.clip_model_info() i
+         WHERE v.relation = target AND v.vector_column = c.vector_column;
+        LOOP
+            SELECT pg_catalog.array_agg(p.row_key ORDER BY p.ord) INTO keys
+              FROM @extschema@.clip_backfill_outdated_rows(target, c.url_column, c.vector_column, c.key_column, version,
+                                                           coalesce(keep_versions, '{}'), after, chunk_size)
+                   WITH ORDINALITY AS p(row_key, url, ord);
+            EXIT WHEN keys IS NULL;
+            after := keys[pg_catalog.cardinality(keys)];
+            WITH q AS (INSERT INTO @extschema@.clip_auto_embed_queue (relation, vector_column, row_key, replace)
+                       SELECT target, c.vector_column, k, true
+                         FROM pg_catalog.unnest(keys) WITH ORDINALITY AS u(k, n) ORDER BY u.n
+                       ON CONFLICT ON CONSTRAINT clip_auto_embed_queue_pkey DO NOTHING RETURNING 1)
+            SELECT count(*) INTO n FROM q;
+            queued := queued + n;
+            EXIT WHEN pg_catalog.cardinality(keys) < chunk_size;
+        END LOOP;
+    END LOOP;
+    IF NOT found_one THEN
         RAISE EXCEPTION 'pg_clip: table % has no model_version column', target USING ERRCODE = '42703',
             HINT = 'Without it pg_clip cannot tell which model made a vector.';
     END IF;
-    LOOP
-        SELECT pg_catalog.array_agg(p.row_key ORDER BY p.ord) INTO keys
-          FROM @extschema@.clip_backfill_outdated_rows(target, c.url_column, c.vector_column, c.key_column, version,
-                                                       coalesce(keep_versions, '{}'), after, chunk_size)
-               WITH ORDINALITY AS p(row_key, url, ord);
-        EXIT WHEN keys IS NULL;
-        after := keys[pg_catalog.cardinality(keys)];
-        WITH q AS (INSERT INTO @extschema@.clip_auto_embed_queue (relation, row_key, replace)
-                   SELECT target, k, true FROM pg_catalog.unnest(keys) WITH ORDINALITY AS u(k, n) ORDER BY u.n
-                   ON CONFLICT ON CONSTRAINT clip_auto_embed_queue_pkey DO NOTHING RETURNING 1)
-        SELECT count(*) INTO n FROM q;
-        queued := queued + n;
-        EXIT WHEN pg_catalog.cardinality(keys) < chunk_size;
-    END LOOP;
     PERFORM @extschema@.clip_auto_embed_wake(start_worker => false);
     RETURN queued;
 END
@@ -446,7 +564,8 @@ CREATE FUNCTION @extschema@.clip_auto_embed_pick(
     exclude    text[],
     batch_size integer,
     version    text,               -- the model in force (clip_backfill_model_version()), for re-embeds
-    only_keys  text[] DEFAULT NULL) -- just these keys (the worker retrying a failed batch row by row)
+    only_keys  text[] DEFAULT NULL, -- just these keys (the worker retrying a failed batch row by row)
+    vector_column name DEFAULT NULL) -- which of the table's columns kept fresh (NULL: its only one)
 RETURNS TABLE (row_key text, change_id bigint, url text, replace boolean)
 LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
@@ -457,13 +576,16 @@ DECLARE
     cand_changes bigint[];
     cand_replace boolean[];
 BEGIN
-    SELECT * INTO STRICT c FROM @extschema@.clip_auto_embed_tables t WHERE t.relation = target;
+    SELECT * INTO STRICT c FROM @extschema@.clip_auto_embed_tables t
+     WHERE t.relation = target AND (clip_auto_embed_pick.vector_column IS NULL
+                                    OR t.vector_column = clip_auto_embed_pick.vector_column);
     SELECT pg_catalog.array_agg(q.row_key ORDER BY q.replace, q.change_id),
            pg_catalog.array_agg(q.change_id ORDER BY q.replace, q.change_id),
            pg_catalog.array_agg(q.replace ORDER BY q.replace, q.change_id)
       INTO cand_keys, cand_changes, cand_replace
       FROM (SELECT q.row_key, q.change_id, q.replace FROM @extschema@.clip_auto_embed_queue q
-             WHERE q.relation = target AND (q.not_before IS NULL OR q.not_before <= pg_catalog.clock_timestamp())
+             WHERE q.relation = target AND q.vector_column = c.vector_column
+               AND (q.not_before IS NULL OR q.not_before <= pg_catalog.clock_timestamp())
                AND NOT q.row_key = ANY (coalesce(exclude, '{}')) AND (only_keys IS NULL OR q.row_key = ANY (only_keys))
              ORDER BY q.replace, q.change_id LIMIT batch_size) q;
     IF cand_keys IS NULL THEN
@@ -480,7 +602,8 @@ BEGIN
              WITH ORDINALITY AS o(k, ch, r, ord)
         LEFT JOIN s ON s.row_key = o.k),
     settled AS (DELETE FROM @extschema@.clip_auto_embed_queue q USING st
-                WHERE NOT st.pending AND q.relation = target AND q.row_key = st.k AND q.change_id = st.ch)
+                WHERE NOT st.pending AND q.relation = target AND q.vector_column = c.vector_column
+                  AND q.row_key = st.k AND q.change_id = st.ch)
     SELECT st.k, st.ch, st.url, st.r FROM st
     WHERE CASE WHEN st.pending
                THEN pg_catalog.pg_try_advisory_xact_lock(target::oid::int4, pg_catalog.hashtext(st.k))
@@ -549,7 +672,7 @@ BEGIN
 END
 $function$;
 
--- One row per table that is embedded automatically. security_invoker: read with the rights (and row-level
+-- One row per table (per vector column, for a table with two) that is embedded automatically. security_invoker: read with the rights (and row-level
 -- security) of whoever queries it, so that an owner sees its own tables only. Bound here, schema-qualified.
 CREATE VIEW @extschema@.clip_auto_embed_status WITH (security_invoker = true) AS
 SELECT c.relation,
@@ -578,7 +701,8 @@ LEFT JOIN LATERAL (SELECT pg_catalog.count(*) FILTER (WHERE NOT q.replace) AS pe
                               AS retrying,
                           pg_catalog.count(*) FILTER (WHERE q.replace) AS reembed
                    FROM @extschema@.clip_auto_embed_queue q
-                   WHERE q.relation OPERATOR(pg_catalog.=) c.relation) q ON true
+                   WHERE q.relation OPERATOR(pg_catalog.=) c.relation
+                     AND q.vector_column OPERATOR(pg_catalog.=) c.vector_column) q ON true
 LEFT JOIN LATERAL (SELECT pg_catalog.sum(l.embedded) AS embedded FROM @extschema@.clip_auto_embed_log l
                    WHERE l.relation OPERATOR(pg_catalog.=) c.relation
                      AND l.finished_at OPERATOR(pg_catalog.>)
@@ -612,10 +736,13 @@ BEGIN
         'PROCEDURE @extschema@.clip_backfill(regclass, name, name, name, integer, integer, boolean, bigint)',
         'FUNCTION @extschema@.clip_auto_embed(regclass, name, name, name)',
         'FUNCTION @extschema@.clip_auto_embed_stop(regclass)',
+        'FUNCTION @extschema@.clip_auto_embed_stop(regclass, name)',
         'FUNCTION @extschema@.clip_auto_embed_pause(regclass, boolean)',
         'FUNCTION @extschema@.clip_auto_embed_retry(regclass)',
         'FUNCTION @extschema@.clip_auto_embed_requeue(regclass, text[])',
         'FUNCTION @extschema@.clip_auto_embed_sweep(regclass)',
+        'FUNCTION @extschema@.clip_auto_embed_sweep(regclass, name)',
+        'FUNCTION @extschema@.clip_auto_embed_drop_url_trigger(regclass, name)',
         'FUNCTION @extschema@.clip_auto_embed_drop_triggers(regclass)',
         'FUNCTION @extschema@.clip_auto_embed_wake(boolean)',
         -- Citus (sql/distributed.sql): the steps of a distributed table's backfill and automatic embedding.
@@ -665,12 +792,15 @@ $function$;
 -- say nothing secret; the view is granted as the backfill's progress view is: not at all.
 REVOKE EXECUTE ON FUNCTION @extschema@.clip_auto_embed(regclass, name, name, name) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION @extschema@.clip_auto_embed_stop(regclass) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION @extschema@.clip_auto_embed_stop(regclass, name) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION @extschema@.clip_auto_embed_pause(regclass, boolean) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION @extschema@.clip_auto_embed_retry(regclass) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION @extschema@.clip_auto_embed_requeue(regclass, text[]) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION @extschema@.clip_auto_embed_sweep(regclass) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION @extschema@.clip_auto_embed_sweep(regclass, name) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION @extschema@.clip_auto_embed_drop_url_trigger(regclass, name) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION @extschema@.clip_auto_embed_drop_triggers(regclass) FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION @extschema@.clip_auto_embed_pick(regclass, text[], integer, text, text[]) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION @extschema@.clip_auto_embed_pick(regclass, text[], integer, text, text[], name) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION @extschema@.clip_auto_embed_settle(regclass, text[], bigint[], text[], text[], text[],
                                                               text[], integer[], boolean[], integer, interval, float8)
     FROM PUBLIC;

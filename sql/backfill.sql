@@ -176,8 +176,18 @@ BEGIN
         RAISE EXCEPTION 'pg_clip: column % of table % is of type %, not vector',
             pg_catalog.quote_ident(vector_column), target, vector_type USING ERRCODE = '42804';
     END IF;
-    has_version := version_type IS NOT NULL;
-    IF has_version AND version_type NOT IN ('text', 'character varying') THEN
+    -- model_version says which model made the vectors of one column: the table's first vector column pg_clip
+    -- recorded (clip_vector_columns). A column added for a move to another model leaves it alone.
+    has_version := version_type IS NOT NULL
+        AND NOT EXISTS (SELECT 1 FROM @extschema@.clip_vector_columns v
+                         WHERE v.relation OPERATOR(pg_catalog.=) target
+                           AND v.vector_column OPERATOR(pg_catalog.<>) $3
+                           AND (v.recorded_at, v.vector_column::pg_catalog.text) OPERATOR(pg_catalog.<) ALL (
+                               SELECT w.recorded_at, w.vector_column::pg_catalog.text
+                                 FROM @extschema@.clip_vector_columns w
+                                WHERE w.relation OPERATOR(pg_catalog.=) target
+                                  AND w.vector_column OPERATOR(pg_catalog.=) $3));
+    IF version_type IS NOT NULL AND version_type NOT IN ('text', 'character varying') THEN
         RAISE EXCEPTION 'pg_clip: column model_version of table % is not text or varchar', target
             USING ERRCODE = '42804', HINT = 'pg_clip writes the model that made each vector there.';
     END IF;

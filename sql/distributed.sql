@@ -422,7 +422,7 @@ BEGIN
            AND pg_catalog.pg_has_role(c.relowner, 'USAGE')
            AND NOT EXISTS (SELECT 1 FROM @extschema@.clip_auto_embed_tables e
                             WHERE e.relation OPERATOR(pg_catalog.=) t.tgrelid::pg_catalog.regclass)
-        ON CONFLICT (relation) DO NOTHING
+        ON CONFLICT ON CONSTRAINT clip_auto_embed_tables_pkey DO NOTHING
     $q$;
     GET DIAGNOSTICS added = ROW_COUNT;
     IF added > 0 THEN

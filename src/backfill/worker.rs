@@ -237,6 +237,13 @@ struct Table {
     served: bool,
 }
 
+impl Table {
+    /// What tells one vector column kept fresh from another: a table moving to another model has two.
+    fn state_key(&self) -> (u32, String) {
+        (self.relation.to_u32(), self.vector_column.clone())
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Entry {
     key: String,
@@ -270,7 +277,8 @@ struct Worker {
     database: pg_sys::Oid,
     /// pg_clip's schema, quoted, for the SQL below.
     schema: String,
-    tables: HashMap<u32, TableState>,
+    /// Per vector column kept fresh: (relation, vector column).
+    tables: HashMap<(u32, String), TableState>,
 }
 
 #[pg_guard]
@@ -561,11 +569,11 @@ impl Worker {
         if tables.is_empty() {
             return Ok(if citus { Round::Idle(settings.naptime) } else { Round::Empty });
         }
-        self.tables.retain(|relation, _| tables.iter().any(|t| t.relation.to_u32() == *relation));
+        self.tables.retain(|key, _| tables.iter().any(|t| t.state_key() == *key));
         let mut busy = false;
         let mut next = settings.naptime;
         for table in tables.iter().filter(|t| !t.paused && t.served) {
-            let state = self.tables.entry(table.relation.to_u32()).or_default();
+            let state = self.tables.entry(table.state_key()).or_default();
             if let Some(until) = state.wait_until {
                 let now = Instant::now();
                 if until > now {
@@ -578,8 +586,8 @@ impl Worker {
             registry::set_state(self.database, WorkerState::Sweeping);
             let found = in_transaction("looking for pending rows", || {
                 Spi::get_one_with_args::<i64>(
-                    &self.sql("SELECT @extschema@.clip_auto_embed_sweep($1::regclass)"),
-                    &[table.relation.into()],
+                    &self.sql("SELECT @extschema@.clip_auto_embed_sweep($1::regclass, $2::name)"),
+                    &[table.relation.into(), table.vector_column.as_str().into()],
                 )
             });
             if let Err(failure) = found {
@@ -647,12 +655,13 @@ impl Worker {
                             c.key_column::text, c.paused, \
                             (SELECT extract(epoch FROM min(q.not_before) - clock_timestamp())::float8 \
                                FROM @extschema@.clip_auto_embed_queue q \
-                              WHERE q.relation = c.relation AND q.not_before > clock_timestamp()), \
+                              WHERE q.relation = c.relation AND q.vector_column = c.vector_column \
+                                AND q.not_before > clock_timestamp()), \
                             s.served \
                      FROM @extschema@.clip_auto_embed_tables c JOIN pg_catalog.pg_class r ON r.oid = c.relation \
                      CROSS JOIN LATERAL (SELECT @extschema@.clip_shard_served_here(c.relation) AS served) s \
                      WHERE NOT @extschema@.clip_is_distributed(c.relation) \
-                     ORDER BY c.relation",
+                     ORDER BY c.relation, c.vector_column",
                 ),
                 None,
                 &[],
@@ -683,15 +692,19 @@ impl Worker {
             Spi::run_with_args(
                 &self.sql(
                     "UPDATE @extschema@.clip_auto_embed_tables SET last_error = $2, last_error_at = clock_timestamp() \
-                     WHERE relation = $1::regclass",
+                     WHERE relation = $1::regclass AND vector_column = $3::name",
                 ),
-                &[table.relation.into(), format!("{} (SQLSTATE {})", failure.message, failure.sqlstate).into()],
+                &[
+                    table.relation.into(),
+                    format!("{} (SQLSTATE {})", failure.message, failure.sqlstate).into(),
+                    table.vector_column.as_str().into(),
+                ],
             )
         });
         if let Err(e) = recorded {
             pgrx::warning!("pg_clip auto-embed: {}", e.message);
         }
-        let state = self.tables.entry(table.relation.to_u32()).or_default();
+        let state = self.tables.entry(table.state_key()).or_default();
         state.wait = (state.wait * 2).clamp(Duration::from_secs(1), Duration::from_secs(300));
         state.wait_until = Some(Instant::now() + state.wait);
     }
@@ -701,7 +714,7 @@ impl Worker {
         let mut current: Vec<Entry> = Vec::new();
         for turn in 0..BATCHES_PER_TURN {
             take_interrupts();
-            let isolate = self.tables.get(&table.relation.to_u32()).map(|s| s.isolate.clone()).unwrap_or_default();
+            let isolate = self.tables.get(&table.state_key()).map(|s| s.isolate.clone()).unwrap_or_default();
             let batch_size = if isolate.is_empty() { settings.batch_size } else { 1 };
             let started = Instant::now();
             let mut picked = current.clone();
@@ -710,7 +723,7 @@ impl Worker {
             });
             match result {
                 Ok(Ok(next)) => {
-                    let state = self.tables.entry(table.relation.to_u32()).or_default();
+                    let state = self.tables.entry(table.state_key()).or_default();
                     state.wait = Duration::ZERO;
                     state.isolate.retain(|key| !picked.iter().any(|e| &e.key == key));
                     // Nothing picked for next: drained (rows queued meanwhile set the latch: the next round).
@@ -790,7 +803,7 @@ impl Worker {
             let rows = client.update(
                 &self.sql(
                     "SELECT row_key, change_id, url, replace \
-                     FROM @extschema@.clip_auto_embed_pick($1::regclass, $2, $3, $4, $5)",
+                     FROM @extschema@.clip_auto_embed_pick($1::regclass, $2, $3, $4, $5, $6::name)",
                 ),
                 None,
                 &[
@@ -799,6 +812,7 @@ impl Worker {
                     (batch_size as i32).into(),
                     version.clone().into(),
                     only.clone().into(),
+                    table.vector_column.as_str().into(),
                 ],
             )?;
             let mut entries = Vec::new();
@@ -916,7 +930,7 @@ impl Worker {
             failure.message,
             failure.sqlstate
         );
-        let state = self.tables.entry(table.relation.to_u32()).or_default();
+        let state = self.tables.entry(table.state_key()).or_default();
         if picked.len() > 1 {
             state.isolate = picked.iter().map(|e| e.key.clone()).collect();
             return Ok(());
