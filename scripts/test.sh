@@ -119,6 +119,10 @@ PG_CLIP_TEST_HTTP=http://127.0.0.1:$http_port PG_CLIP_TEST_MODELS_PATH=$MODELS_D
   "$PY" tests/clients/test_models.py "host=$PGHOST port=$PGPORT user=postgres" "$work" \
   "${TEST_MODELS[@]}" b32-other
 
+log "3/3 the move to another model with no downtime: a column for SigLIP 2 filled while ViT-B/32's serves (psycopg)"
+PG_CLIP_TEST_HTTP=http://127.0.0.1:$http_port PG_CLIP_TEST_INPUTS=$work \
+  "$PY" tests/clients/test_model_move.py "host=$PGHOST port=$PGPORT user=postgres" siglip2-base-patch16-224
+
 # Clusters of its own: a primary with every tower prepared, tar base backups, pgBackRest, failover and pg_rewind.
 log "3/3 backups and failover: pg_basebackup -Ft, pgBackRest, pg_ctl promote, pg_rewind"
 PG_CLIP_TEST_HTTP=http://127.0.0.1:$http_port PG_CLIP_TEST_INPUTS=$work \

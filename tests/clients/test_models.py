@@ -188,6 +188,19 @@ def main():
     for name in names:
         check_model(conn, name, models_path / name)
 
+    # Each model's weights are shared by the backends: prepared once, mapped by each (as the default's are).
+    for name in names:
+        conn.execute("SELECT set_config('pg_clip.model', %s, false)", (name,))
+        mode = conn.execute("SELECT load_mode, prepared_path IS NOT NULL, model_version FROM clip_model_info()").fetchone()
+        other = connect()
+        other.execute("SELECT set_config('pg_clip.model', %s, false)", (name,))
+        other.execute("SELECT clip_embed_bytes(%s)", (PHOTO.read_bytes(),))
+        second = other.execute("SELECT load_mode FROM clip_model_info()").fetchone()
+        other.close()
+        check(f"{name}: its weights are shared between backends (this one {mode[0]}, another one {second[0]})",
+              mode[0] in ("shared", "prepared") and mode[1] and second[0] == "shared", (mode, second))
+    conn.execute("RESET pg_clip.model")
+
     # The same backend switches between models without reloading them.
     other = names[0]
     conn.execute("SELECT clip_unload_model()")

@@ -142,7 +142,7 @@ BEGIN
 END $$;
 -- A queue entry with nothing to do (id 2 has no URL; made by hand here) is settled by the pick; the others
 -- are claimed.
-INSERT INTO clip_auto_embed_queue (relation, row_key) VALUES ('clip_test.shop', '2');
+INSERT INTO clip_auto_embed_queue (relation, vector_column, row_key) VALUES ('clip_test.shop', 'image_embedding', '2');
 UPDATE clip_test.shop SET image_url = 'http://127.0.0.1:28836/status/404' WHERE id = 3;
 BEGIN;
 SELECT row_key, url, replace FROM clip_auto_embed_pick('clip_test.shop', '{}', 10, clip_backfill_model_version());
