@@ -413,6 +413,8 @@ def run_fidelity(model_dir: Path, checkpoint: Path | None, f: Failures,
         t0 = time.monotonic()
         model = export.model_from_manifest(manifest, checkpoint, attn_implementation="sdpa")
         f.summary["parameters"] = export.count_parameters(model)
+        f.summary["tower_parameters"] = {t: export.count_parameters(export.tower_module(model, t))
+                                         for t in ("image", "text")}
         print(f"  PyTorch reference rebuilt ({model.config._attn_implementation} attention, "
               f"{f.summary['parameters'] / 1e6:.1f}M parameters) in {time.monotonic() - t0:.1f}s")
         if "image" in manifest:

