@@ -251,6 +251,7 @@ DECLARE
     distributed boolean;
     others      boolean;
     trigger_name name;
+    model_name  text;
 BEGIN
     IF target IS NULL THEN
         RAISE EXCEPTION 'pg_clip: the table must be named' USING ERRCODE = '22004';
@@ -282,13 +283,19 @@ BEGIN
     -- The worker reads and writes the table as its owner (src/backfill/as_owner.rs), as a CALL clip_backfill
     -- by the owner would: the owner needs the URL functions.
     PERFORM @extschema@.clip_backfill_authorize(target, with_urls => true);
-    PERFORM @extschema@.clip_check_vector_column(target, vector_column, record => true);
+    model_name := @extschema@.clip_check_vector_column(target, vector_column, record => true);
 
     -- A Citus table spread over nodes (sql/distributed.sql): the index and the triggers made here reach every
     -- shard, and each node's worker serves the shards it holds. Citus refuses triggers on such a table unless
     -- told they are safe there: pg_clip's are (the URL trigger changes its own row only, the INSERT trigger
     -- only wakes the worker of the node it fires on).
     distributed := @extschema@.clip_is_distributed(target);
+    -- A Citus table's shards are embedded by each node's worker, with the node's default model.
+    IF distributed AND model_name <> 'default' THEN
+        RAISE EXCEPTION 'pg_clip: % is distributed: its nodes embed with their default model only', target
+            USING ERRCODE = '0A000',
+                  HINT = 'RESET pg_clip.model, or install the model as every node''s default (pg_clip.model_path).';
+    END IF;
     IF distributed THEN
         PERFORM pg_catalog.set_config('citus.enable_unsafe_triggers', 'on', true);
     END IF;

@@ -531,8 +531,14 @@ BEGIN
     -- The table is read and written as its owner (clip_backfill_apply), who must be allowed to fetch; the
     -- caller must be the owner, a member of its role, or a superuser.
     PERFORM @extschema@.clip_backfill_authorize(target, with_urls => true);
-    -- The model in force must be the column's (and its dimensions the column's); a first run records it.
-    PERFORM @extschema@.clip_check_vector_column(target, vector_column, record => true);
+    -- The model in force must be the column's (and its dimensions the column's); a first run records it. A Citus
+    -- table's nodes embed with their own default model: another one would fill the column with mixed vectors.
+    IF @extschema@.clip_check_vector_column(target, vector_column, record => true) <> 'default'
+       AND @extschema@.clip_is_distributed(target) THEN
+        RAISE EXCEPTION 'pg_clip: % is distributed: its nodes embed with their default model only', target
+            USING ERRCODE = '0A000',
+                  HINT = 'RESET pg_clip.model, or install the model as every node''s default (pg_clip.model_path).';
+    END IF;
     version := @extschema@.clip_backfill_model_version();
 
     -- One run per table at a time: two would walk the same rows. The transaction-level lock makes the check
