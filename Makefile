@@ -8,10 +8,12 @@
 #   make test-package PG=N  - installs that package where no build output is, searches, removes it
 #   make test-citus PG=N    - pg_clip on a Citus cluster on this machine (a coordinator and 2 workers)
 #   make bench-citus PG=N   - the same rows on one node and on that cluster, side by side
+#   make bench-models       - each model (ViT-B/32, B/16, L/14, L/14-336, SigLIP 2 base, so400m; MODELS=a,b) beside
+#                             PyTorch: warm image and text ms, memory of 8 backends, cold start, time vs FLOPs
 PG ?= $(or $(PG_MAJOR),15)
 export PG_MAJOR := $(PG)
 .PHONY: demo test bench bench-memory bench-cold-start bench-search bench-fetch bench-auto-embed bench-text setup install \
-	model stop clean package test-package test-citus bench-citus
+	model stop clean package test-package test-citus bench-citus bench-models
 
 demo:
 	scripts/demo.sh
@@ -54,6 +56,9 @@ test-citus:
 
 bench-citus:
 	scripts/bench_citus.sh $(IMAGES)
+
+bench-models:
+	scripts/bench_models.sh
 
 model: setup
 	bash -c 'source scripts/common.sh && make_model'
