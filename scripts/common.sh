@@ -77,9 +77,12 @@ install_extension() {
   if ! cmp -s "$lib" "$pkglib/libonnxruntime.so"; then
     install -m 0644 "$lib" "$pkglib/.libonnxruntime.so.new" && mv -f "$pkglib/.libonnxruntime.so.new" "$pkglib/libonnxruntime.so"
   fi
-  # Copy the model only when it changed (it is 600 MB): compare manifests.
+  # Copy the model only when it changed (1.3 GB with every tower): compare manifests. Hard links where the
+  # build and the share directory are on one file system (one copy of the bytes for every major installed):
+  # model/export.py publishes a new model by rename, never rewriting a file in place, and neither does this.
   if ! cmp -s "$MODEL_DIR/manifest.json" "$share/model/manifest.json"; then
-    rm -rf "$share/model.new" && cp -r "$MODEL_DIR" "$share/model.new"
+    rm -rf "$share/model.new"
+    cp -al "$MODEL_DIR" "$share/model.new" 2>/dev/null || { rm -rf "$share/model.new" && cp -r "$MODEL_DIR" "$share/model.new"; }
     rm -rf "$share/model" && mv "$share/model.new" "$share/model"
   fi
   chmod -R a+rX "$share" "$pkglib"
