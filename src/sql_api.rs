@@ -66,7 +66,7 @@ fn raise(error: impl std::borrow::Borrow<PgClipError>, function: &'static str) -
 }
 
 fn emit_pending_warning() {
-    if let Some(message) = model::take_pending_warning() {
+    for message in model::take_pending_warnings() {
         ErrorReport::new(PgSqlErrorCode::ERRCODE_WARNING, message, "pg_clip").report(PgLogLevel::WARNING);
     }
 }

@@ -108,14 +108,50 @@ pub struct MultilingualGraph {
     pub onnx: String,
     pub inputs: Vec<String>,
     pub output: String,
+    #[serde(default)]
+    pub quantization: Quantization,
 }
 
-/// A graph file and the names of its input and output.
+/// A graph file and the names of its input and output (the int8 image tower).
 #[derive(Debug, Clone, Deserialize)]
 pub struct GraphIo {
     pub onnx: String,
     pub input: String,
     pub output: String,
+    #[serde(default)]
+    pub quantization: Quantization,
+}
+
+/// How an int8 graph was quantized: the settings of onnxruntime's quantize_dynamic that model/export.py records.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Quantization {
+    #[serde(default)]
+    pub weight_type: Option<String>,
+    #[serde(default)]
+    pub reduce_range: Option<bool>,
+}
+
+impl Quantization {
+    /// Signed weights at the full 8-bit range (what model/export.py made before 0.3.0). ONNX Runtime multiplies
+    /// them by uint8 activations with u8s8 kernels which, on a CPU without VNNI, add pairs of products into
+    /// saturating 16-bit sums: measured there, 1 - cos to fp32 up to 2.5e-2 instead of 2.3e-4 (model/README.md,
+    /// "Why 7-bit weights"). 7-bit weights (reduce_range) and unsigned weights cannot saturate.
+    pub fn can_saturate_without_vnni(&self) -> bool {
+        self.weight_type.as_deref() == Some("QInt8") && self.reduce_range == Some(false)
+    }
+}
+
+/// Whether this CPU runs ONNX Runtime's u8s8 kernels with a saturating instruction: x86-64 without VNNI
+/// (AVX512-VNNI or AVX-VNNI compute the dot products in 32 bits). Other architectures have no such kernel.
+pub fn cpu_saturates_u8s8() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        !(std::arch::is_x86_feature_detected!("avx512vnni") || std::arch::is_x86_feature_detected!("avxvnni"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -494,6 +530,30 @@ mod tests {
         let s = sample().replace("\"bicubic\"", "\"nearest\"");
         assert!(Manifest::parse(&s).unwrap_err().contains("nearest"));
         assert!(Manifest::parse("{").is_err());
+    }
+
+    #[test]
+    fn int8_graphs_know_whether_their_weights_can_saturate_u8s8() {
+        let with = |quantization: &str| {
+            sample().replacen(
+                r#""files":"#,
+                &format!(
+                    r#""image_int8":{{"onnx":"image.int8.onnx","input":"pixel_values","output":"image_embeds",
+                       "quantization":{quantization},"fidelity":{{}}}},"files":"#
+                ),
+                1,
+            )
+        };
+        let saturates = |quantization: &str| {
+            Manifest::parse(&with(quantization)).unwrap().image_int8.unwrap().quantization.can_saturate_without_vnni()
+        };
+        // What export.py wrote before 0.3.0, and since.
+        assert!(saturates(r#"{"method":"quantize_dynamic","weight_type":"QInt8","reduce_range":false}"#));
+        assert!(!saturates(r#"{"method":"quantize_dynamic","weight_type":"QInt8","reduce_range":true}"#));
+        assert!(!saturates(r#"{"weight_type":"QUInt8","reduce_range":false}"#));
+        // Settings not recorded: nothing to say.
+        assert!(!saturates("{}"));
+        assert!(Manifest::parse(&sample()).unwrap().image_int8.is_none());
     }
 
     #[test]

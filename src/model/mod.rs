@@ -120,7 +120,8 @@ pub(crate) struct BackendState {
     loaded_at: Option<SystemTime>,
     cache: EmbeddingCache,
     pub(crate) stats: Stats,
-    pending_warning: Option<String>,
+    /// Messages the SQL layer shows once each, as WARNINGs, after the call that loaded a tower.
+    pending_warnings: Vec<String>,
     /// The weights (model directory, model_version) whose randomness this backend already warned about: once
     /// each is enough. The multilingual tower has weights of its own, so it is warned about separately.
     warned_random: Vec<(PathBuf, String)>,
@@ -139,7 +140,7 @@ static STATE: Lazy<Mutex<BackendState>> = Lazy::new(|| {
         loaded_at: None,
         cache: EmbeddingCache::new(0),
         stats: Stats::default(),
-        pending_warning: None,
+        pending_warnings: Vec::new(),
         warned_random: Vec::new(),
     })
 });
@@ -155,7 +156,7 @@ impl BackendState {
         let (version, random) = tower.kind.weights(&tower.model.manifest);
         let key = (tower.model.dir.clone(), version.to_string());
         if random && !self.warned_random.contains(&key) {
-            self.pending_warning = Some(random_weights_warning(version));
+            self.pending_warnings.push(random_weights_warning(version));
             self.warned_random.push(key);
         }
     }
@@ -163,9 +164,32 @@ impl BackendState {
     /// A shared load that fell back to a private session is said out loud: it costs this backend hundreds of MB.
     fn warn_if_fallback(&mut self, report: &LoadReport) {
         if let (Some(note), "private (fallback)") = (&report.note, report.mode) {
-            self.pending_warning = Some(format!(
+            self.pending_warnings.push(format!(
                 "pg_clip: could not share the model's weights with other backends, so this backend holds its own \
                  copy: {note}"
+            ));
+        }
+    }
+
+    /// An int8 graph with 8-bit weights (exported before 0.3.0) on a CPU whose u8s8 kernels saturate is said out
+    /// loud, once per load: its vectors can be far from fp32's there, and nothing else would show it.
+    fn warn_if_saturating(&mut self, tower: &Tower, precision: Precision) {
+        let manifest = &tower.model.manifest;
+        let quantization = match (precision, tower.kind) {
+            (Precision::Int8, TowerKind::Image) => manifest.image_int8.as_ref().map(|g| &g.quantization),
+            (Precision::Int8, TowerKind::Multilingual) => {
+                manifest.text_multilingual_int8.as_ref().map(|g| &g.quantization)
+            }
+            _ => None,
+        };
+        if quantization.is_some_and(|q| q.can_saturate_without_vnni()) && manifest::cpu_saturates_u8s8() {
+            self.pending_warnings.push(format!(
+                "pg_clip: the int8 {} graph of {} has full-range 8-bit weights, and this CPU has no VNNI: ONNX \
+                 Runtime's u8s8 kernels saturate here, so its vectors can be far from the fp32 graph's (1 - cos up \
+                 to 2.5e-2 measured); export the model again with model/export.py --int8 (7-bit weights since \
+                 pg_clip 0.3.0) or use fp32",
+                tower.kind.name(),
+                tower.model.dir.display()
             ));
         }
     }
@@ -206,6 +230,7 @@ impl BackendState {
             )?;
             self.warn_if_random(&encoder);
             self.warn_if_fallback(&report);
+            self.warn_if_saturating(&encoder, request.precision);
             self.encoder = Some(encoder);
             self.image_load = report;
             self.loaded_at = Some(SystemTime::now());
@@ -279,6 +304,7 @@ impl BackendState {
             )?;
             self.warn_if_random(&tower);
             self.warn_if_fallback(&report);
+            self.warn_if_saturating(&tower, precision);
             *self.text_slot(request.text_model) =
                 TextEncoder { tokenizer: Some(tokenizer), tower: Some(tower), load: report };
         }
@@ -497,9 +523,10 @@ pub fn unload() -> bool {
     state.encoder.take().is_some() || had_text.contains(&true) || had_parked
 }
 
-/// A message the SQL layer should show once (as a WARNING), e.g. that the model just loaded has random weights.
-pub fn take_pending_warning() -> Option<String> {
-    state().pending_warning.take()
+/// The messages the SQL layer should show once each (as WARNINGs), e.g. that the model just loaded has random
+/// weights, and could not be shared.
+pub fn take_pending_warnings() -> Vec<String> {
+    std::mem::take(&mut state().pending_warnings)
 }
 
 /// A loaded random-weight model is said out loud, once per load, so nobody mistakes its vectors for real ones.

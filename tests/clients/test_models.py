@@ -11,7 +11,8 @@ model/export.py: the shapes and the cost are the real models', the vectors mean 
   * no silent mixing: a column recorded as one model's is refused to a search or a backfill with another (42804,
     before any inference), as is a model whose dimensions are not the column's; an unknown or invalid name;
   * two models in one database with their own columns: one column filled by CALL clip_backfill with model A,
-    the other by automatic embedding with model B while the worker's own pg_clip.model is A.
+    the other by automatic embedding with model B while the worker's own pg_clip.model is A;
+  * an int8 graph exported with 8-bit weights (before 0.3.0) warns on a CPU without VNNI, 7-bit ones never.
 
 usage: test_models.py CONNINFO INPUTS_DIR MODEL...   (MODEL: names under pg_clip.models_path to load and compare;
        the test sets pg_clip.models_path itself only if PG_CLIP_TEST_MODELS_PATH is given)
@@ -165,6 +166,64 @@ def wait_until(what, condition, timeout):
     return None
 
 
+def cpu_has_vnni():
+    """What pg_clip asks the CPU (is_x86_feature_detected): VNNI makes ONNX Runtime's u8s8 kernels exact."""
+    import platform
+
+    if platform.machine() != "x86_64":
+        return True  # no u8s8 kernel with a saturating instruction elsewhere: nothing to warn about
+    flags = next((line.split(":", 1)[1].split() for line in open("/proc/cpuinfo") if line.startswith("flags")), [])
+    return "avx512_vnni" in flags or "avx_vnni" in flags
+
+
+def check_int8_saturation_warning(models_path):
+    """An int8 graph exported before 0.3.0 (8-bit weights) warns on a CPU without VNNI, once per load; 7-bit
+    weights (what model/export.py makes now) never do. b32-other's files under a manifest that says 8-bit."""
+    source = models_path / "b32-other"
+    old = models_path / "b32-8bit-int8"
+    if old.exists():
+        for f in old.iterdir():
+            f.unlink()
+        old.rmdir()
+    old.mkdir()
+    manifest = json.loads((source / "manifest.json").read_text())
+    for name in os.listdir(source):
+        if name != "manifest.json" and not name.startswith("."):
+            os.symlink(source / name, old / name)
+    for section in ("image_int8", "text_multilingual_int8"):
+        manifest[section]["quantization"]["reduce_range"] = False
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    os.chmod(old, 0o755)
+    os.chmod(old / "manifest.json", 0o644)
+    photo = PHOTO.read_bytes()
+
+    def warnings_of(model):
+        conn = psycopg.connect(f"{conninfo} dbname={DB}", autocommit=True)
+        said = []
+        conn.add_notice_handler(lambda diag: said.append(diag.message_primary or ""))
+        conn.execute("SET client_min_messages = warning")
+        conn.execute("SET pg_clip.image_precision = int8")
+        conn.execute("SELECT clip_embed_bytes(%s, %s)", (photo, model))
+        conn.execute("SET pg_clip.text_model = multilingual")
+        conn.execute("SET pg_clip.text_precision = int8")
+        conn.execute("SELECT clip_embed_text('красный рюкзак', %s)", (model,))
+        conn.execute("SELECT clip_embed_bytes(%s, %s)", (photo, model))  # loaded: no second warning
+        conn.close()
+        return [m for m in said if "has no VNNI" in m]
+
+    vnni = cpu_has_vnni()
+    eight_bit, seven_bit = warnings_of("b32-8bit-int8"), warnings_of("b32-other")
+    check(f"int8 graphs with 8-bit weights warn on a CPU without VNNI, once per graph (this CPU: "
+          f"{'VNNI' if vnni else 'no VNNI'}; {len(eight_bit)} warnings)",
+          len(eight_bit) == (0 if vnni else 2)
+          and all(w.startswith(f"pg_clip: the int8 {tower} graph") for w, tower in
+                  zip(eight_bit, ("image", "text-multilingual"))), eight_bit)
+    check("int8 graphs with 7-bit weights (model/export.py since 0.3.0) never warn", seven_bit == [], seven_bit)
+    for f in old.iterdir():
+        f.unlink()
+    old.rmdir()
+
+
 def main():
     admin = psycopg.connect(f"{conninfo} dbname=postgres", autocommit=True)
     if os.environ.get("PG_CLIP_TEST_MODELS_PATH"):
@@ -295,6 +354,8 @@ def main():
           one(conn, "SELECT clip_forget_vector_column('products', 'image_embedding')") is True
           and one(conn, "SELECT count(*) FROM clip_vector_columns WHERE vector_column = 'image_embedding'") == 0)
     conn.execute("SELECT clip_auto_embed_stop('products')")
+    if "b32-other" in names:
+        check_int8_saturation_warning(models_path)
     app.close()
     conn.close()
     admin.execute(f"DROP DATABASE {DB} WITH (FORCE)")
