@@ -314,6 +314,15 @@ def main():
         state = sqlstate_of(conn, f"SELECT id FROM products ORDER BY image_embedding <=> clip_embed_text('cup', '{same}') "
                             "LIMIT 3")
         check("... and with the model's name written into the query", state == "42804", state)
+        # The planner hook looks for embedding calls before it reads any catalog: a search nested in a subquery,
+        # a CTE or a sublink must be found as well as a top-level one.
+        search = f"SELECT id FROM products ORDER BY image_embedding <=> clip_embed_text('cup', '{same}') LIMIT 3"
+        nested = {"a subquery": f"SELECT * FROM ({search}) s",
+                  "a CTE": f"WITH hits AS ({search}) SELECT * FROM hits",
+                  "a sublink": f"SELECT 1 WHERE EXISTS ({search})"}
+        states = {where: sqlstate_of(conn, sql) for where, sql in nested.items()}
+        check("... and when the search is nested in a subquery, a CTE or a sublink",
+              all(s == "42804" for s in states.values()), states)
         conn.execute("SELECT set_config('pg_clip.model', %s, false)", (same,))
         check("... also when the model comes from pg_clip.model, and for clip_embed_text",
               sqlstate_of(conn, "SELECT id FROM products ORDER BY image_embedding <=> clip_embed_text('cup') LIMIT 3")
