@@ -127,9 +127,11 @@ class Writer(threading.Thread):
             self.added.append(i)
             if i % 3 == 0:
                 target = 1 + i % N
+                # Marked before the UPDATE commits: a search that starts right after the commit already misses
+                # the product (its vector is cleared), and must know it is changing when it checks its answer.
+                self.searcher.changing.add(target)
                 conn.execute("UPDATE products SET image_url = %s WHERE id = %s", (url(target, PHOTOS[i % 4]) + f"&v={i}", target))
                 self.changed.append(target)
-                self.searcher.changing.add(target)
             time.sleep(1.0)
         conn.close()
 
