@@ -43,9 +43,8 @@ struct Walk {
     found: Vec<Comparison>,
 }
 
-/// Checks `parse` and raises the first mismatch it finds. The planner hook calls it only for a query that calls a
-/// function named as an embedding function (`fold::calls_embedding`); it returns at once in a database without
-/// pg_clip.
+/// Checks `parse` and raises the first mismatch it finds. Cheap when the database has no pg_clip (one syscache
+/// lookup) and when the query calls none of its embedding functions (one walk of the tree, no allocation).
 ///
 /// # Safety
 /// `parse` must be a valid Query, in a transaction.

@@ -49,19 +49,11 @@ unsafe extern "C-unwind" fn plan(
     cursor_options: std::ffi::c_int,
     bound_params: pg_sys::ParamListInfo,
 ) -> *mut pg_sys::PlannedStmt {
-    // SAFETY: the Query the planner was given. Most queries call no embedding function: one walk of the tree
-    // tells, before any catalog is read (pg_extension for the check, pg_dist_partition for folding), so that
-    // every other query's planning pays only that walk.
-    let parse = if unsafe { calls_embedding(parse) } {
-        // SAFETY: as above. The models are checked first: a refused search runs no inference, and folding (which
-        // runs one) sees only searches that passed. Folding returns a modified copy (or the same pointer).
-        unsafe {
-            crate::search_check::check(parse, bound_params);
-            fold_if_distributed(parse, bound_params)
-        }
-    } else {
-        parse
-    };
+    // SAFETY: the Query the planner was given. The models are checked first: a refused search runs no inference,
+    // and folding (which runs one) sees only searches that passed.
+    unsafe { crate::search_check::check(parse, bound_params) };
+    // SAFETY: as above; folding returns a modified copy (or the same pointer).
+    let parse = unsafe { fold_if_distributed(parse, bound_params) };
     // SAFETY: the previous hook (Citus's distributed_planner) or PostgreSQL's planner, with the arguments as
     // received but for the folded query.
     unsafe {
@@ -69,40 +61,6 @@ unsafe extern "C-unwind" fn plan(
             Some(previous) => previous(parse, query_string, cursor_options, bound_params),
             None => pg_sys::standard_planner(parse, query_string, cursor_options, bound_params),
         }
-    }
-}
-
-/// Whether the query (its subqueries, CTEs and sublinks included) calls a function named as pg_clip's embedding
-/// functions are: a name compared per call in the syscache, no catalog scan. Whether the function is pg_clip's
-/// (its extension) is left to the check and the folding, which look it up for the few queries that pass.
-///
-/// # Safety
-/// `parse` must be a valid Query, in a transaction.
-pub(crate) unsafe fn calls_embedding(parse: *mut pg_sys::Query) -> bool {
-    // SAFETY: PostgreSQL's own walker over a valid Query; the context is unused (the walk stops at the first call).
-    unsafe { pg_sys::query_tree_walker(parse, Some(find_embedding_call), std::ptr::null_mut(), 0) }
-}
-
-unsafe extern "C-unwind" fn find_embedding_call(node: *mut pg_sys::Node, context: *mut std::ffi::c_void) -> bool {
-    if node.is_null() {
-        return false;
-    }
-    // SAFETY: node is a node of the tree query_tree_walker walks, cast by its tag; a function's name is a
-    // syscache lookup (NULL for a function dropped meanwhile).
-    unsafe {
-        match (*node).type_ {
-            pg_sys::NodeTag::T_Query => {
-                return pg_sys::query_tree_walker(node as *mut pg_sys::Query, Some(find_embedding_call), context, 0);
-            }
-            pg_sys::NodeTag::T_FuncExpr => {
-                let name = pg_sys::get_func_name((*(node as *mut pg_sys::FuncExpr)).funcid);
-                if !name.is_null() && foldable_name(&CStr::from_ptr(name).to_string_lossy()) {
-                    return true;
-                }
-            }
-            _ => {}
-        }
-        pg_sys::expression_tree_walker(node, Some(find_embedding_call), context)
     }
 }
 
@@ -124,6 +82,12 @@ unsafe fn fold_if_distributed(parse: *mut pg_sys::Query, params: pg_sys::ParamLi
         return parse;
     }
     let mut context = Context { params, extension: pg_sys::Oid::INVALID, folded: 0 };
+    // Citus gets a copy of every query on its tables, whether or not a call was folded, and that copy matters:
+    // Citus plans a CTE or subquery it computes first by calling the planner on it in place, then reads its
+    // target list to pick the intermediate result's format. The standard planner appends row-mark junk columns
+    // (a `record` for FOR UPDATE beside a CTE scan) to the list it was given, so without a copy the reader picks
+    // text while the writer writes binary ("invalid input syntax ... PGCOPY"). Returning the query itself when
+    // nothing was folded made clip_backfill's CTE on a reference table fail so (tests/clients/test_citus.py).
     // SAFETY: query_tree_mutator copies the query and calls `mutate` on each expression; see below.
     unsafe { mutate_query(parse, &mut context) }
 }
