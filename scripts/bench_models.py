@@ -10,6 +10,11 @@ with the default model (ViT-B/32) as the yardstick:
           backend, and the shared rest (scripts/bench_memory.py's measurement, /proc/PID/smaps_rollup);
   cold    the first call of a fresh backend with the prepared model present (COLD backends, median), and once with
           the model's prepared cache removed (that backend prepares it);
+  PyTorch as an application runs it: BACKENDS processes (scripts/bench_torch_process.py) started one after another,
+          each importing torch and transformers, loading the model saved as safetensors (from_pretrained) and
+          embedding one photo, their memory read while all are loaded (fewer when the next would not fit in the
+          machine's memory: the total is then computed from those measured); the first one's time from its start
+          to its first vector is PyTorch's cold start;
   scale   each model's warm image time over the default model's, measured in the same minutes (a default-model
           round after each of the model's rounds, in pg_clip and in PyTorch), beside the ratio of their image towers'
           FLOPs, computed here from each model's config.
@@ -28,6 +33,7 @@ import os
 import platform
 import shutil
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -156,6 +162,42 @@ def cold(dsn, name, prepared, photo):
             "ort": i["onnxruntime_version"]}
 
 
+def available_mb():
+    return next(int(line.split()[1]) for line in open("/proc/meminfo") if line.startswith("MemAvailable")) / 1024
+
+
+def torch_processes(folder: Path, class_name: str, count: int):
+    """Starts up to `count` PyTorch processes on the model saved in `folder` (with pixels.npy beside it), one after
+    another as an application's workers start, and reads their memory once all are loaded. Stops early when the
+    machine's available memory is less than twice the first one's heap and 1 GB more (loading copies the
+    weights). Returns each one's timings, memory and first vector as it started, and every one's memory once all
+    are loaded."""
+    log = open(folder / "processes.log", "w")
+    processes, started = [], []
+    try:
+        while len(processes) < count:
+            if started and available_mb() < 2 * started[0]["anon"] + 1024:
+                break
+            t0 = time.monotonic()
+            p = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "bench_torch_process.py"), str(folder),
+                                  class_name, str(folder / "pixels.npy")],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True)
+            processes.append(p)
+            line = p.stdout.readline()
+            if not line:
+                raise SystemExit(f"bench_torch_process.py failed: see {folder / 'processes.log'}")
+            out = json.loads(line)
+            out["wall_s"] = time.monotonic() - t0
+            started.append({**out, **memory(p.pid)})
+        loaded = [memory(p.pid) for p in processes]
+    finally:
+        for p in processes:
+            p.stdin.close()
+            p.wait()
+        log.close()
+    return started, loaded
+
+
 class Yardstick:
     """The default model (ViT-B/32) kept warm beside the others, in pg_clip and in PyTorch: each model's image rounds
     are followed by one of its, so that the ratio of their times compares two measurements of the same minutes
@@ -234,7 +276,25 @@ def measure(args, name, photos, paths, texts, yardstick=None):
         r["ttxt"] += times
         r["txt_cos"] = [float(a @ b) for a, b in zip(server_vectors, torch_vectors)]
     conn.close()
+
+    print(f"[bench_models] {name}: PyTorch, up to {args.backends} processes", flush=True)
+    folder = Path(args.prepared).parent / "torch-model"
+    shutil.rmtree(folder, ignore_errors=True)
+    model.save_pretrained(folder)
+    np.save(folder / "pixels.npy", pixels[:1].numpy())
+    class_name = type(model).__name__
+    torch_vector = torch_image(model, pixels[:1])[1][0]
     del model, pixels
+    os.sync()  # as for the prepared files: the saved folder in the page cache, written back
+    started, loaded = torch_processes(folder, class_name, args.backends)
+    shutil.rmtree(folder, ignore_errors=True)
+    private = [m["private"] for m in loaded]
+    torch_mem = {
+        "measured": len(loaded), "pss": sum(m["pss"] for m in loaded), "private_p50": statistics.median(private),
+        "shared": sum(m["pss"] for m in loaded) - sum(private), "rss": loaded[0]["rss"],
+        "cold_s": started[0]["wall_s"], "load_s": started[0]["load_s"], "import_s": started[0]["import_s"],
+        "cos": float(np.dot(started[0]["vector"], torch_vector)),
+    }
 
     print(f"[bench_models] {name}: {args.backends} backends, one photo each", flush=True)
     conns = [connect(args.dsn, name, prepared) for _ in range(args.backends)]
@@ -267,7 +327,7 @@ def measure(args, name, photos, paths, texts, yardstick=None):
         "private_p50": statistics.median(a["private"] for a in after),
         "heap_p50": statistics.median(a["anon"] - b["anon"] for a, b in zip(after, base)),
         "prepared_image_mb": (colds[0]["prepared_bytes"] or 0) / 2**20, "prepared_mb": prepared_mb,
-        "seconds": time.monotonic() - t_model, "ort": colds[0]["ort"],
+        "seconds": time.monotonic() - t_model, "ort": colds[0]["ort"], "torch": torch_mem,
     }
 
 
@@ -343,14 +403,22 @@ def main():
     print(f"\nMemory ({args.backends} backends, each having embedded one photo; /proc/PID/smaps_rollup) and cold "
           f"start (a fresh backend's first clip_embed_bytes, round trip; load = clip_model_info().load_ms)\n")
     print(f"| model | prepared image tower | {args.backends} backends: model PSS | shared | private per backend "
-          f"(p50) | heap added (p50) | cold, prepared present: first call (load) | cold, cache removed: first call "
-          f"(load) |")
-    print("|---|---|---|---|---|---|---|---|")
+          f"(p50) | heap added (p50) | PyTorch, {args.backends} processes: PSS, whole processes (private each) "
+          f"| cold, prepared present: first call (load) | PyTorch cold: first vector (load) | cold, cache removed: "
+          f"first call (load) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         c_ms = statistics.median(c["ms"] for c in r["colds"])
         c_load = statistics.median(c["load_ms"] for c in r["colds"])
+        t = r["torch"]
+        if t["measured"] == args.backends:
+            t_pss = f"{t['pss']:,.0f} MB"
+        else:  # the processes that fit, and the rest as many private copies again
+            t_pss = (f"~{t['shared'] + args.backends * t['private_p50']:,.0f} MB (computed from "
+                     f"{t['measured']})")
         print(f"| {r['name']} | {r['prepared_image_mb']:,.0f} MB | {r['pss']:,.0f} MB | {r['shared']:,.0f} MB "
-              f"| {r['private_p50']:.0f} MB | {r['heap_p50']:.0f} MB | {c_ms / 1e3:.2f} s ({c_load / 1e3:.2f} s) "
+              f"| {r['private_p50']:.0f} MB | {r['heap_p50']:.0f} MB | {t_pss} ({t['private_p50']:,.0f} MB) "
+              f"| {c_ms / 1e3:.2f} s ({c_load / 1e3:.2f} s) | {t['cold_s']:.1f} s ({t['load_s']:.1f} s) "
               f"| {r['first']['ms'] / 1e3:.1f} s ({r['first']['load_ms'] / 1e3:.1f} s) |")
 
     print("\n- image vs ViT-B/32: the warm image p50 over ViT-B/32's p50 measured in the same rounds (a ViT-B/32 "
@@ -360,6 +428,12 @@ def main():
     print(f"- model PSS: what the {args.backends} backends' PSS grew by; shared: that less the private memory they "
           f"gained (the mapped prepared weights and library code, counted once); private: all of a backend's private "
           "memory; heap added: its anonymous memory the model added.")
+    print(f"- PyTorch processes: as an application's workers, started one after another, each importing torch and "
+          f"transformers, loading the model saved by save_pretrained (safetensors) with from_pretrained, and "
+          f"embedding one photo (get_image_features, 1 thread); PSS summed over the {args.backends} once all are "
+          f"loaded; where fewer fit in this machine's memory, the total is those measured plus private copies for "
+          f"the rest. PyTorch cold: the first process's time from its start to its first vector (Python, imports, "
+          f"load, one image), the saved folder in the page cache; load: from_pretrained alone.")
     fresh = f"the median of {args.cold} fresh backends" if args.cold > 1 else "a fresh backend"
     print(f"- cold, prepared present: {fresh}, the prepared files in the page cache; cache removed: one backend that "
           "verifies the source files' checksums, prepares the image tower and writes it (fsynced) before its first "
@@ -369,6 +443,9 @@ def main():
         print(f"- {r['name']}: load mode {modes}; prepared on disk {r['prepared_mb']:,.0f} MB (image and text towers; "
               f"removed after measuring); text ids {min(r['text_ids'])}-{max(r['text_ids'])}; pg_clip vs PyTorch, "
               f"same inputs: 1 - cos at most {1 - r['img_cos']:.1e} (images), {1 - r['txt_cos']:.1e} (texts); "
+              f"PyTorch processes: {r['torch']['measured']} started, imports {r['torch']['import_s']:.1f} s, RSS "
+              f"{r['torch']['rss']:,.0f} MB each, the saved model's vector vs the warm one 1 - cos "
+              f"{1 - r['torch']['cos']:.1e}; "
               f"measured in {r['seconds']:.0f} s")
 
 

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Models side by side (issue: choosing a model), every figure from one run: per model, warm clip_embed_bytes and
 # clip_embed_text (p50/p90) beside PyTorch (transformers, 1 thread) on the same model and inputs; memory of BACKENDS
-# backends that each embedded one photo (scripts/bench_memory.py's measurement); cold start with the prepared model
-# present and, once, removed; each model's warm image time over the default model's (ViT-B/32) beside the ratio of
-# their FLOPs. All models have RANDOM weights (model/export.py --random): the real compute and memory.
+# backends that each embedded one photo (scripts/bench_memory.py's measurement) beside as many PyTorch processes
+# (scripts/bench_torch_process.py: imports, from_pretrained, one photo); cold start with the prepared model present
+# and, once, removed, beside a PyTorch process's start; each model's warm image time over the default model's
+# (ViT-B/32) beside the ratio of their FLOPs. All models have RANDOM weights (model/export.py --random): the real
+# compute and memory.
 # usage: scripts/bench_models.sh
 #   MODELS=a,b    the exported models besides the default (default: all five below)
 #   IMAGES=N      distinct photos and as many texts per model (default 8; up to 11 built-in photos), or a directory
