@@ -265,6 +265,7 @@ def measure(args, name, photos, paths, texts, yardstick=None):
         times, torch_vectors = torch_image(model, pixels)
         r["timg"] += times
         r["img_cos"] = [float(a @ b) for a, b in zip(server_vectors, torch_vectors)]
+        first_image_vector = torch_vectors[0]  # what the PyTorch processes below must give for the same photo
         if yardstick is not None:
             times, torch_times = yardstick.round()
             r["b32"] += times
@@ -283,7 +284,6 @@ def measure(args, name, photos, paths, texts, yardstick=None):
     model.save_pretrained(folder)
     np.save(folder / "pixels.npy", pixels[:1].numpy())
     class_name = type(model).__name__
-    torch_vector = torch_image(model, pixels[:1])[1][0]
     del model, pixels
     os.sync()  # as for the prepared files: the saved folder in the page cache, written back
     started, loaded = torch_processes(folder, class_name, args.backends)
@@ -293,7 +293,7 @@ def measure(args, name, photos, paths, texts, yardstick=None):
         "measured": len(loaded), "pss": sum(m["pss"] for m in loaded), "private_p50": statistics.median(private),
         "shared": sum(m["pss"] for m in loaded) - sum(private), "rss": loaded[0]["rss"],
         "cold_s": started[0]["wall_s"], "load_s": started[0]["load_s"], "import_s": started[0]["import_s"],
-        "cos": float(np.dot(started[0]["vector"], torch_vector)),
+        "cos": float(np.dot(started[0]["vector"], first_image_vector)),
     }
 
     print(f"[bench_models] {name}: {args.backends} backends, one photo each", flush=True)

@@ -314,8 +314,8 @@ def main():
         state = sqlstate_of(conn, f"SELECT id FROM products ORDER BY image_embedding <=> clip_embed_text('cup', '{same}') "
                             "LIMIT 3")
         check("... and with the model's name written into the query", state == "42804", state)
-        # The planner hook looks for embedding calls before it reads any catalog: a search nested in a subquery,
-        # a CTE or a sublink must be found as well as a top-level one.
+        # The check walks the whole query tree: a search nested in a subquery, a CTE or a sublink is found as
+        # well as a top-level one.
         search = f"SELECT id FROM products ORDER BY image_embedding <=> clip_embed_text('cup', '{same}') LIMIT 3"
         nested = {"a subquery": f"SELECT * FROM ({search}) s",
                   "a CTE": f"WITH hits AS ({search}) SELECT * FROM hits",
